@@ -1,0 +1,22 @@
+//! Peagen's task fabric for plain systemd hosts.
+//!
+//! One module per concern; the binaries in `src/bin/` are thin shims over
+//! the `*::main` functions here. `unsafe` lives only in [`sandbox`].
+#![deny(unsafe_code)]
+
+pub mod config;
+pub mod ctl;
+pub mod exit;
+pub mod handlers;
+pub mod metrics;
+pub mod policy;
+pub mod queue;
+pub mod results;
+pub mod retry;
+#[allow(unsafe_code)]
+pub mod sandbox;
+pub mod spawner;
+pub mod systemd;
+pub mod task;
+pub mod telemetry;
+pub mod worker;
