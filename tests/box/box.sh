@@ -25,7 +25,7 @@ boxpid() { cat "$B/pid" 2>/dev/null || die "no box in $B (not started?)"; }
 case "$cmd" in
 start)
     [ ! -e "$B/pid" ] || { kill -0 "$(cat "$B/pid")" 2>/dev/null && die "box already running in $B"; }
-    mkdir -p "$B"/{upper,work,root}
+    rm -rf "$B/upper" "$B/work"; mkdir -p "$B"/{upper,work,root}
     # Redis for the box: private port on loopback, no persistence.
     port=${BOX_REDIS_PORT:-$(( 20000 + RANDOM % 20000 ))}
     if [ -z "${BOX_NO_REDIS:-}" ]; then
@@ -34,9 +34,18 @@ start)
         echo $! > "$B/redis.pid"
         echo "$port" > "$B/redis.port"
     fi
+    # Own cgroup per box in every hierarchy, so several boxes (and the host)
+    # never share a cgroup root: systemd in a container manages the subtree
+    # it starts in.
+    cg="peagen-box.$(basename "$B").$$"
+    echo "$cg" > "$B/cgroup"
     # Boot systemd. setsid: its own session, detached from our terminal.
     setsid unshare --pid --fork --mount --propagation private sh -c '
-        set -e; B="$1"
+        set -e; B="$1"; cg="$2"
+        for h in /sys/fs/cgroup/*/; do
+            [ -e "$h/cgroup.procs" ] || continue
+            mkdir -p "$h$cg" && echo 0 > "$h$cg/cgroup.procs" || true
+        done
         mount -t overlay overlay -o "lowerdir=/,upperdir=$B/upper,workdir=$B/work" "$B/root"
         mount -t proc proc "$B/root/proc"
         mount --rbind /sys "$B/root/sys"
@@ -46,7 +55,7 @@ start)
         cd "$B/root"; mkdir -p oldroot; pivot_root . oldroot; umount -l /oldroot
         export container=other
         exec /usr/lib/systemd/systemd --system --unit=basic.target --log-target=kmsg \
-            </dev/null >/dev/null 2>&1' box "$B" </dev/null >"$B/unshare.log" 2>&1 &
+            </dev/null >/dev/null 2>&1' box "$B" "$cg" </dev/null >"$B/unshare.log" 2>&1 &
     upid=$!
     echo "$upid" > "$B/unshare.pid"
     # The systemd PID is unshare's only child.
@@ -94,6 +103,19 @@ stop)
         upid=$(cat "$B/unshare.pid")
         for _ in $(seq 50); do kill -0 "$upid" 2>/dev/null || break; sleep 0.1; done
         rm -f "$B/unshare.pid"
+    fi
+    if [ -f "$B/cgroup" ]; then
+        cg=$(cat "$B/cgroup")
+        for _ in $(seq 50); do
+            left=0
+            for h in /sys/fs/cgroup/*/; do
+                [ -d "$h$cg" ] || continue
+                find "$h$cg" -depth -type d -exec rmdir {} \; 2>/dev/null || true
+                [ -d "$h$cg" ] && left=1
+            done
+            [ $left = 0 ] && break; sleep 0.1
+        done
+        [ $left = 0 ] && rm -f "$B/cgroup"
     fi
     if [ -f "$B/redis.pid" ]; then
         rpid=$(cat "$B/redis.pid")
