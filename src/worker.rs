@@ -1,1 +1,803 @@
-//! TODO
+//! The worker runtime: read a task, run its handler, record the result,
+//! acknowledge; retry or dead-letter failures. Each decision comes from
+//! [`crate::retry`]; each state change is one atomic queue script.
+
+use crate::config::{Config, ResultBackendKind};
+use crate::handlers::{Outcome, Registry};
+use crate::metrics::{labels, WorkerMetrics};
+use crate::queue::{Entry, Moved, Queue, QueueError};
+use crate::results::FsBackend;
+use crate::retry::{decide, Decision};
+use crate::task::{now_rfc3339, DeadLetter, ResultRecord, Status, Task};
+use crate::telemetry::notify;
+use sd_notify::NotifyState;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Why the worker stopped (logged and counted as `worker_exit_reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitReason {
+    Idle,
+    MaxUptime,
+    Signal,
+    Error,
+}
+
+impl ExitReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExitReason::Idle => "idle",
+            ExitReason::MaxUptime => "max_uptime",
+            ExitReason::Signal => "signal",
+            ExitReason::Error => "error",
+        }
+    }
+}
+
+/// How often a worker refreshes the idle time of the entry it works on, so
+/// the spawner's orphan sweep never takes healthy long-running work.
+const HEARTBEAT: Duration = Duration::from_secs(15);
+
+pub struct Worker {
+    cfg: Config,
+    queue: Arc<Queue>,
+    handlers: Registry,
+    metrics: WorkerMetrics,
+    fs: Option<FsBackend>,
+    id: String,
+    host: String,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// What happened to one entry (for logs and tests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handled {
+    Completed,
+    Retried,
+    DeadLettered(String),
+    /// Left pending (result backend failed, or drain deadline passed).
+    LeftPending,
+    /// Someone else owns or finished it.
+    Lost,
+}
+
+pub fn make_worker_id(configured: &str) -> String {
+    if configured.is_empty() {
+        let u = uuid::Uuid::new_v4().simple().to_string();
+        format!("{}-{}", crate::telemetry::hostname(), &u[..12])
+    } else {
+        configured.to_string()
+    }
+}
+
+impl Worker {
+    pub fn new(
+        cfg: Config,
+        queue: Arc<Queue>,
+        metrics: WorkerMetrics,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        let handlers = Registry::from_config(&cfg);
+        let fs = (cfg.results.backend == ResultBackendKind::Fs)
+            .then(|| FsBackend::new(cfg.results.dir.clone()));
+        let id = make_worker_id(&cfg.worker.id);
+        Worker {
+            cfg,
+            queue,
+            handlers,
+            metrics,
+            fs,
+            id,
+            host: crate::telemetry::hostname(),
+            shutdown,
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn stopping(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Sleep that ends early on shutdown.
+    async fn pause(&mut self, d: Duration) {
+        let mut rx = self.shutdown.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(d) => {}
+            _ = rx.wait_for(|s| *s) => {}
+        }
+    }
+
+    /// Run until idle, max uptime or a signal. Redis outages are waited out
+    /// with backoff; nothing is acknowledged that was not finished.
+    pub async fn run(&mut self) -> ExitReason {
+        let started = Instant::now();
+        let mut last_activity = Instant::now();
+        let mut last_pel_check = Instant::now();
+        let mut backoff = Duration::from_millis(100);
+        let mut ready = false;
+        let mut up_mark = Instant::now();
+        let idle_exit = Duration::from_secs(self.cfg.worker.idle_exit_secs);
+        let max_uptime = Duration::from_secs(self.cfg.worker.max_uptime_secs);
+        loop {
+            notify(&[NotifyState::Watchdog]);
+            self.metrics
+                .up_seconds
+                .inc_by(up_mark.elapsed().as_secs_f64());
+            up_mark = Instant::now();
+            if self.stopping() {
+                return ExitReason::Signal;
+            }
+            if !ready {
+                match self.startup().await {
+                    Ok(()) => {
+                        ready = true;
+                        backoff = Duration::from_millis(100);
+                        last_activity = Instant::now();
+                        last_pel_check = Instant::now();
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(worker_id = %self.id, error = %e, retry_in_ms = backoff.as_millis() as u64, "Redis not ready; backing off");
+                        notify(&[NotifyState::Status(&format!("waiting for Redis: {e}"))]);
+                        self.pause(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                }
+            }
+            if !idle_exit.is_zero() && last_activity.elapsed() >= idle_exit {
+                return ExitReason::Idle;
+            }
+            if !max_uptime.is_zero() && started.elapsed() >= max_uptime {
+                return ExitReason::MaxUptime;
+            }
+            if last_pel_check.elapsed()
+                >= Duration::from_secs(self.cfg.worker.pending_retry_secs.max(1))
+            {
+                last_pel_check = Instant::now();
+                match self.drain_own_pel().await {
+                    Ok(n) if n > 0 => last_activity = Instant::now(),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(worker_id = %self.id, error = %e, "re-reading own pending entries failed")
+                    }
+                }
+            }
+            // Not raced against shutdown: a read returns within block-ms, and
+            // an entry delivered to us is better finished than abandoned.
+            match self.queue.read(&self.id, 1, false).await {
+                Ok(entries) => {
+                    backoff = Duration::from_millis(100);
+                    for e in entries {
+                        self.handle(e, false).await;
+                        last_activity = Instant::now();
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(worker_id = %self.id, error = %e, retry_in_ms = backoff.as_millis() as u64, "reading tasks failed; backing off");
+                    notify(&[NotifyState::Status(&format!("Redis error, retrying: {e}"))]);
+                    self.pause(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    async fn startup(&mut self) -> Result<(), QueueError> {
+        self.queue.ensure_group().await?;
+        notify(&[
+            NotifyState::Ready,
+            NotifyState::Status(&format!(
+                "consuming {} as {}",
+                self.cfg.redis.tasks_stream, self.id
+            )),
+        ]);
+        tracing::info!(worker_id = %self.id, stream = %self.cfg.redis.tasks_stream, group = %self.cfg.redis.group,
+            handlers = ?self.handlers.kinds().collect::<Vec<_>>(), "worker ready");
+        // Crash recovery: first finish what this consumer id already holds.
+        let n = self.drain_own_pel().await?;
+        if n > 0 {
+            tracing::info!(worker_id = %self.id, entries = n, "re-processed own pending entries");
+        }
+        Ok(())
+    }
+
+    /// Re-read and process this consumer's pending entries. Returns how many.
+    pub async fn drain_own_pel(&mut self) -> Result<usize, QueueError> {
+        let mut n = 0;
+        let mut seen = std::collections::HashSet::new();
+        loop {
+            if self.stopping() {
+                break;
+            }
+            let entries = self.queue.read(&self.id, 10, true).await?;
+            let fresh: Vec<Entry> = entries
+                .into_iter()
+                .filter(|e| seen.insert(e.id.clone()))
+                .collect();
+            if fresh.is_empty() {
+                break; // everything left is pending on purpose (backend down)
+            }
+            for e in fresh {
+                self.handle(e, true).await;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Process one entry end to end. Never panics on bad input.
+    pub async fn handle(&mut self, e: Entry, redelivered: bool) -> Handled {
+        let limit = self.cfg.worker.max_payload_bytes;
+        let Some(data) = e.data.as_deref() else {
+            let why = format!(
+                "entry has no `data` field (fields present: {})",
+                e.fields.join(",")
+            );
+            return self.dead_bad(&e, "no_data", why).await;
+        };
+        let task = match Task::parse(data, limit) {
+            Ok(t) => t,
+            Err(err) => return self.dead_bad(&e, err.code(), err.to_string()).await,
+        };
+        let max_attempts = task.max_attempts.unwrap_or(self.cfg.worker.max_attempts);
+        if redelivered {
+            // A task that keeps killing its worker must not loop forever: the
+            // PEL counter counts its deliveries across crashes.
+            if let Ok(Some(n)) = self.queue.delivery_count(&e.id).await {
+                if n > u64::from(max_attempts) + 1 {
+                    let msg = format!("delivered {n} times without finishing (worker crashes?)");
+                    return self
+                        .dead_task(&e, &task, "poison", msg, task.attempts + 1, None)
+                        .await;
+                }
+            }
+        }
+        if task.deadline_passed(time::OffsetDateTime::now_utc()) {
+            let msg = format!(
+                "deadline {} passed before the task started",
+                task.deadline.as_deref().unwrap_or("")
+            );
+            return self
+                .dead_task(&e, &task, "deadline", msg, task.attempts, None)
+                .await;
+        }
+        let Some(handler) = self.handlers.get(&task.kind).cloned() else {
+            let kinds: Vec<&str> = self.handlers.kinds().collect();
+            let msg = format!(
+                "no handler for kind {:?} on this worker (handles: {})",
+                task.kind,
+                kinds.join(", ")
+            );
+            return self
+                .dead_task(&e, &task, "no_handler", msg, task.attempts, None)
+                .await;
+        };
+        let trace = task.trace_id.clone().unwrap_or_default();
+        tracing::info!(task_id = %task.id, worker_id = %self.id, trace_id = %trace, kind = %task.kind,
+            attempt = task.attempts + 1, entry_id = %e.id, "task started");
+        let started_at = now_rfc3339();
+        let t0 = Instant::now();
+        let outcome = match self.run_handler(&e.id, &task, handler.as_ref()).await {
+            Some(o) => o,
+            None => {
+                tracing::warn!(task_id = %task.id, worker_id = %self.id, trace_id = %trace,
+                    "drain deadline passed; releasing the task (left pending for re-queue)");
+                return Handled::LeftPending;
+            }
+        };
+        let secs = t0.elapsed().as_secs_f64();
+        let kind_l = labels(&[("kind", &task.kind)]);
+        self.metrics
+            .task_duration
+            .get_or_create(&kind_l)
+            .observe(secs);
+        self.metrics.busy_seconds.inc_by(secs);
+        if let Some(tokens) = outcome
+            .data
+            .pointer("/usage/total_tokens")
+            .and_then(|v| v.as_u64())
+        {
+            self.metrics.tokens.get_or_create(&kind_l).inc_by(tokens);
+        }
+        if outcome.status == Status::Error {
+            self.metrics
+                .handler_fail
+                .get_or_create(&labels(&[("handler", handler.name())]))
+                .inc();
+        }
+        let attempts_done = task.attempts + 1;
+        let record = ResultRecord {
+            task_id: task.id.clone(),
+            status: outcome.status,
+            data: outcome.data.clone(),
+            created_at: now_rfc3339(),
+            attempts: attempts_done,
+            retryable: outcome.retryable,
+            kind: task.kind.clone(),
+            handler: handler.name().to_string(),
+            handler_version: handler.version().to_string(),
+            image_tag: self.image_tag(),
+            worker_id: self.id.clone(),
+            host: self.host.clone(),
+            started_at,
+            finished_at: now_rfc3339(),
+            trace_id: task.trace_id.clone(),
+        };
+        match decide(
+            outcome.status,
+            outcome.retryable,
+            attempts_done,
+            max_attempts,
+        ) {
+            Decision::Complete => {
+                let Some(result_json) = self.save(&record).await else {
+                    return Handled::LeftPending;
+                };
+                let moved = self
+                    .finish(
+                        |q, id, me| {
+                            let rj = result_json.clone();
+                            let tid = record.task_id.clone();
+                            async move { q.complete(&id, &me, &tid, rj.as_deref()).await }
+                        },
+                        &e.id,
+                    )
+                    .await;
+                self.metrics
+                    .tasks
+                    .get_or_create(&labels(&[
+                        ("kind", &task.kind),
+                        ("status", outcome.status.as_str()),
+                    ]))
+                    .inc();
+                tracing::info!(task_id = %task.id, worker_id = %self.id, trace_id = %trace, status = outcome.status.as_str(),
+                    duration_ms = (secs * 1000.0) as u64, attempts = attempts_done, "task finished");
+                self.moved_to_handled(moved, Handled::Completed, &task)
+            }
+            Decision::Retry => {
+                let next = task.next_attempt();
+                let moved = self
+                    .finish(
+                        |q, id, me| {
+                            let n = next.clone();
+                            async move { q.retry(&id, &me, &n).await }
+                        },
+                        &e.id,
+                    )
+                    .await;
+                self.metrics.retried.inc();
+                tracing::warn!(task_id = %task.id, worker_id = %self.id, trace_id = %trace, attempts = attempts_done,
+                    max_attempts, error = %outcome.data, "retryable failure; re-enqueued");
+                self.moved_to_handled(moved, Handled::Retried, &task)
+            }
+            Decision::DeadLetter(reason) => {
+                let msg = outcome
+                    .data
+                    .get("msg")
+                    .and_then(|m| m.as_str())
+                    .map(str::to_string)
+                    .unwrap_or_else(|| outcome.data.to_string());
+                self.metrics
+                    .tasks
+                    .get_or_create(&labels(&[("kind", &task.kind), ("status", "error")]))
+                    .inc();
+                self.dead_task(
+                    &e,
+                    &task,
+                    reason.as_str(),
+                    msg,
+                    attempts_done,
+                    Some(&record),
+                )
+                .await
+            }
+        }
+    }
+
+    fn image_tag(&self) -> String {
+        if self.cfg.worker.image_tag.is_empty() {
+            format!("peagen-fabric/{}", env!("CARGO_PKG_VERSION"))
+        } else {
+            self.cfg.worker.image_tag.clone()
+        }
+    }
+
+    fn moved_to_handled(&self, m: Option<Moved>, ok: Handled, task: &Task) -> Handled {
+        match m {
+            Some(Moved::Done) => ok,
+            Some(other) => {
+                tracing::warn!(task_id = %task.id, worker_id = %self.id, moved = ?other,
+                    "entry was taken over meanwhile (re-queued by the spawner?); not acknowledging");
+                Handled::Lost
+            }
+            None => Handled::LeftPending,
+        }
+    }
+
+    /// Run the handler with the task's timeout, heart-beating the entry and
+    /// the watchdog. Returns None if a shutdown's drain deadline passed.
+    async fn run_handler(
+        &self,
+        entry_id: &str,
+        task: &Task,
+        h: &dyn crate::handlers::Handler,
+    ) -> Option<Outcome> {
+        let fut = h.run(task);
+        tokio::pin!(fut);
+        let timeout = task.timeout_ms.map(Duration::from_millis);
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let mut hb = tokio::time::interval(HEARTBEAT);
+        hb.tick().await;
+        let mut wd = tokio::time::interval(Duration::from_secs(1));
+        let mut rx = self.shutdown.clone();
+        let mut drain_deadline: Option<tokio::time::Instant> = None;
+        if *rx.borrow() {
+            drain_deadline = Some(
+                tokio::time::Instant::now()
+                    + Duration::from_millis(self.cfg.worker.drain_timeout_ms),
+            );
+        }
+        loop {
+            let task_sleep = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let drain_sleep = async {
+                match drain_deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                o = &mut fut => return Some(o),
+                _ = task_sleep => {
+                    return Some(Outcome::error(format!("timed out after {} ms (task timeout_ms)", timeout.unwrap_or_default().as_millis()), true));
+                }
+                _ = hb.tick() => {
+                    if let Err(e) = self.queue.heartbeat(&self.id, entry_id).await {
+                        tracing::debug!(task_id = %task.id, worker_id = %self.id, error = %e, "heartbeat failed");
+                    }
+                }
+                _ = wd.tick() => notify(&[NotifyState::Watchdog]),
+                _ = rx.wait_for(|s| *s), if drain_deadline.is_none() => {
+                    tracing::info!(task_id = %task.id, worker_id = %self.id, drain_ms = self.cfg.worker.drain_timeout_ms, "stop requested; finishing the current task");
+                    drain_deadline = Some(tokio::time::Instant::now() + Duration::from_millis(self.cfg.worker.drain_timeout_ms));
+                }
+                _ = drain_sleep => return None,
+            }
+        }
+    }
+
+    /// Save a result in the configured backend. For the stream backend the
+    /// write happens inside the ack script, so this returns the JSON to pass
+    /// there. `None` = the save failed and the task stays pending.
+    async fn save(&self, record: &ResultRecord) -> Option<Option<String>> {
+        let json = serde_json::to_string(record).expect("result serializes");
+        let Some(fs) = &self.fs else {
+            return Some(Some(json));
+        };
+        let dir = fs.dir().to_owned();
+        let rec = record.clone();
+        let res = tokio::task::spawn_blocking(move || FsBackend::new(dir).save(&rec))
+            .await
+            .unwrap_or_else(|e| {
+                Err(crate::results::BackendError::Io {
+                    task_id: record.task_id.clone(),
+                    dir: fs.dir().to_owned(),
+                    source: std::io::Error::other(e.to_string()),
+                })
+            });
+        match res {
+            Ok(saved) => {
+                tracing::debug!(task_id = %record.task_id, worker_id = %self.id, ?saved, "result saved");
+                Some(None)
+            }
+            Err(e) => {
+                self.metrics.result_backend_fail.inc();
+                tracing::error!(task_id = %record.task_id, worker_id = %self.id, error = %e,
+                    "result backend failed; task left pending and will be retried");
+                let err_rec = ResultRecord {
+                    status: Status::Error,
+                    data: serde_json::json!({ "msg": e.to_string(), "retryable": true, "result_backend_failed": true }),
+                    retryable: true,
+                    created_at: now_rfc3339(),
+                    ..record.clone()
+                };
+                let _ = self
+                    .queue
+                    .publish_result_unindexed(&serde_json::to_string(&err_rec).expect("serializes"))
+                    .await;
+                None
+            }
+        }
+    }
+
+    /// Run a finishing script, retrying through Redis outages (the scripts
+    /// are idempotent). Gives up only when stopping and the drain time is
+    /// spent, leaving the entry pending for re-queue.
+    async fn finish<F, Fut>(&self, f: F, entry_id: &str) -> Option<Moved>
+    where
+        F: Fn(Arc<Queue>, String, String) -> Fut,
+        Fut: std::future::Future<Output = Result<Moved, QueueError>>,
+    {
+        let mut backoff = Duration::from_millis(100);
+        let give_up = Instant::now() + Duration::from_millis(self.cfg.worker.drain_timeout_ms);
+        loop {
+            match f(self.queue.clone(), entry_id.to_string(), self.id.clone()).await {
+                Ok(m) => return Some(m),
+                Err(e) => {
+                    tracing::warn!(worker_id = %self.id, entry_id, error = %e, "acknowledging failed; retrying");
+                    if self.stopping() && Instant::now() > give_up {
+                        return None;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    fn dead_record(
+        &self,
+        e: &Entry,
+        task: Option<&Task>,
+        reason: &str,
+        error: &str,
+        attempts: u32,
+    ) -> DeadLetter {
+        DeadLetter {
+            original_id: e.id.clone(),
+            task_id: task.map(|t| t.id.clone()),
+            kind: task.map(|t| t.kind.clone()),
+            reason: reason.to_string(),
+            error: error.to_string(),
+            attempts,
+            worker_id: self.id.clone(),
+            host: self.host.clone(),
+            dead_at: now_rfc3339(),
+            raw: e
+                .data
+                .as_deref()
+                .map(|d| String::from_utf8_lossy(d).into_owned()),
+        }
+    }
+
+    async fn dead_bad(&mut self, e: &Entry, code: &str, why: String) -> Handled {
+        let dl = self.dead_record(e, None, code, &why, 0);
+        self.metrics
+            .dead_lettered
+            .get_or_create(&labels(&[("reason", code)]))
+            .inc();
+        tracing::warn!(worker_id = %self.id, entry_id = %e.id, reason = code, error = %why, "bad entry dead-lettered");
+        let moved = self
+            .finish(
+                |q, id, me| {
+                    let dl = dl.clone();
+                    async move { q.dead_letter(&id, &me, &dl, None).await }
+                },
+                &e.id,
+            )
+            .await;
+        match moved {
+            Some(Moved::Done) => Handled::DeadLettered(code.to_string()),
+            Some(_) => Handled::Lost,
+            None => Handled::LeftPending,
+        }
+    }
+
+    async fn dead_task(
+        &mut self,
+        e: &Entry,
+        task: &Task,
+        reason: &str,
+        msg: String,
+        attempts: u32,
+        record: Option<&ResultRecord>,
+    ) -> Handled {
+        let mut rec = match record {
+            Some(r) => r.clone(),
+            None => ResultRecord {
+                task_id: task.id.clone(),
+                status: Status::Error,
+                data: serde_json::json!({}),
+                created_at: now_rfc3339(),
+                attempts,
+                retryable: false,
+                kind: task.kind.clone(),
+                handler: String::new(),
+                handler_version: String::new(),
+                image_tag: self.image_tag(),
+                worker_id: self.id.clone(),
+                host: self.host.clone(),
+                started_at: now_rfc3339(),
+                finished_at: now_rfc3339(),
+                trace_id: task.trace_id.clone(),
+            },
+        };
+        if let serde_json::Value::Object(m) = &mut rec.data {
+            m.insert("dead_letter_reason".into(), reason.into());
+            m.entry("msg").or_insert_with(|| msg.clone().into());
+        }
+        let Some(result_json) = self.save(&rec).await else {
+            return Handled::LeftPending;
+        };
+        let dl = self.dead_record(e, Some(task), reason, &msg, attempts);
+        self.metrics
+            .dead_lettered
+            .get_or_create(&labels(&[("reason", reason)]))
+            .inc();
+        tracing::warn!(task_id = %task.id, worker_id = %self.id, trace_id = %task.trace_id.clone().unwrap_or_default(),
+            reason, attempts, error = %msg, "task dead-lettered");
+        let moved = self
+            .finish(
+                |q, id, me| {
+                    let dl = dl.clone();
+                    let rj = result_json.clone();
+                    async move { q.dead_letter(&id, &me, &dl, rj.as_deref()).await }
+                },
+                &e.id,
+            )
+            .await;
+        self.moved_to_handled(moved, Handled::DeadLettered(reason.to_string()), task)
+    }
+}
+
+/// Refresh `queue_pending_total{kind}` periodically (bounded scan).
+pub async fn pending_gauge_loop(queue: Arc<Queue>, m: WorkerMetrics, every: Duration) {
+    loop {
+        if let Ok(by_kind) = queue.pending_by_kind(10_000).await {
+            m.queue_pending.clear();
+            for (k, n) in by_kind {
+                m.queue_pending
+                    .get_or_create(&labels(&[("kind", &k)]))
+                    .set(n as i64);
+            }
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+#[derive(clap::Parser, Debug)]
+#[command(
+    name = "peagen-worker",
+    version,
+    about = "Consume Peagen tasks from Redis Streams and run them"
+)]
+struct WorkerCli {
+    /// Config file (default /etc/peagen/peagen.toml if it exists, else built-in defaults).
+    #[arg(long, short = 'c', global = true)]
+    config: Option<std::path::PathBuf>,
+    #[command(subcommand)]
+    cmd: Option<WorkerCmd>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum WorkerCmd {
+    /// Run the consume loop (the default).
+    Run,
+    /// Run a command in the execute sandbox and print its verdict (debugging).
+    #[command(disable_help_flag = true)]
+    SandboxRun {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+/// `peagen-worker` entry point; returns the process exit code.
+pub fn cli_main() -> i32 {
+    use clap::Parser;
+    let cli = WorkerCli::parse();
+    if let Some(WorkerCmd::SandboxRun { args }) = cli.cmd {
+        return crate::sandbox::run_cli(args);
+    }
+    let cfg = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("peagen-worker: {e}");
+            return crate::exit::CONFIG;
+        }
+    };
+    crate::telemetry::init(&cfg.log, "peagen-worker");
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("peagen-worker: cannot start the async runtime: {e}");
+            return crate::exit::FAILURE;
+        }
+    };
+    rt.block_on(async_main(cfg))
+}
+
+async fn async_main(cfg: Config) -> i32 {
+    let mut reg = crate::metrics::new_registry();
+    let metrics = WorkerMetrics::new(&mut reg);
+    let reg = Arc::new(std::sync::Mutex::new(reg));
+    let (tx, rx) = watch::channel(false);
+    spawn_signal_listener(tx);
+    // Connect with backoff: a worker started while Redis is down waits.
+    let mut backoff = Duration::from_millis(100);
+    let queue = loop {
+        match Queue::connect(&cfg.redis).await {
+            Ok(q) => break Arc::new(q),
+            Err(e) => {
+                if *rx.borrow() {
+                    metrics
+                        .exit_reason
+                        .get_or_create(&labels(&[("reason", "signal")]))
+                        .inc();
+                    return crate::exit::OK;
+                }
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot connect to Redis; retrying");
+                notify(&[NotifyState::Status(&format!("waiting for Redis: {e}"))]);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    if !cfg.metrics.listen.is_empty() {
+        match cfg.metrics.listen.parse() {
+            Ok(addr) => match crate::metrics::serve(addr, reg.clone()).await {
+                Ok(local) => {
+                    tracing::info!(listen = %local, "metrics endpoint up");
+                    tokio::spawn(pending_gauge_loop(
+                        queue.clone(),
+                        metrics.clone(),
+                        Duration::from_secs(15),
+                    ));
+                }
+                Err(e) => {
+                    tracing::error!(listen = %cfg.metrics.listen, error = %e, "cannot serve metrics; continuing without")
+                }
+            },
+            Err(e) => {
+                tracing::error!(listen = %cfg.metrics.listen, error = %e, "bad metrics address")
+            }
+        }
+    }
+    let mut w = Worker::new(cfg, queue, metrics.clone(), rx);
+    let reason = w.run().await;
+    notify(&[
+        NotifyState::Stopping,
+        NotifyState::Status(&format!("exiting: {}", reason.as_str())),
+    ]);
+    metrics
+        .exit_reason
+        .get_or_create(&labels(&[("reason", reason.as_str())]))
+        .inc();
+    tracing::info!(worker_id = %w.id(), reason = reason.as_str(), "worker exiting");
+    match reason {
+        ExitReason::Error => crate::exit::FAILURE,
+        _ => crate::exit::OK,
+    }
+}
+
+/// SIGTERM/SIGINT flip the shutdown flag once; the loops drain and exit.
+pub fn spawn_signal_listener(tx: watch::Sender<bool>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    tokio::spawn(async move {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!(signal = "SIGTERM", "stop requested"),
+            _ = int.recv() => tracing::info!(signal = "SIGINT", "stop requested"),
+        }
+        notify(&[NotifyState::Stopping]);
+        let _ = tx.send(true);
+    });
+}
