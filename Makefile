@@ -17,15 +17,16 @@ all: packages
 vendor:
 	cargo vendor --locked vendor > /dev/null
 
-# dpkg-buildpackage writes its results next to the source tree, so build in a
-# staged copy under dist/.build (vendor/ linked, not copied).
+# Built in place (so deb and rpm share one cargo build); dpkg-buildpackage's
+# outputs are redirected from ../ into dist/.build/deb.
+DEBOUT := $(STAGE)/deb
 deb: vendor
-	rm -rf $(STAGE)/deb && mkdir -p $(STAGE)/deb/peagen-fabric-$(VERSION) $(DIST)
-	git ls-files -z --cached --others --exclude-standard | grep -zv '^vendor/' \
-	  | xargs -0 cp --parents -P -t $(STAGE)/deb/peagen-fabric-$(VERSION)
-	ln -s $(CURDIR)/vendor $(STAGE)/deb/peagen-fabric-$(VERSION)/vendor
-	cd $(STAGE)/deb/peagen-fabric-$(VERSION) && dpkg-buildpackage -b -us -uc
-	cp $(STAGE)/deb/peagen-fabric_$(VERSION)_*.deb $(DIST)/
+	rm -rf $(DEBOUT) && mkdir -p $(DEBOUT) $(DIST)
+	PEAGEN_DEB_DESTDIR=$(DEBOUT) dpkg-buildpackage -b -us -uc -tc \
+	  --buildinfo-option=-u$(DEBOUT) --changes-option=-u$(DEBOUT) \
+	  --buildinfo-file=$(DEBOUT)/peagen-fabric_$(VERSION).buildinfo \
+	  --changes-file=$(DEBOUT)/peagen-fabric_$(VERSION).changes
+	cp $(DEBOUT)/peagen-fabric_$(VERSION)_*.deb $(DIST)/
 	@ls -l $(DIST)/peagen-fabric_$(VERSION)_*.deb
 
 # --nodeps: BuildRequires always fail on Debian (empty rpm database).
