@@ -9,7 +9,9 @@
 #    does not enable or start anything, removal stops the spawner and workers,
 #  - payload: binaries, units, no peagen-worker@.service template, the worker
 #    drop-in dir, sysusers/tmpfiles, polkit rule, config as a conffile /
-#    %config(noreplace), man pages, completions, alerts, dashboards.
+#    %config(noreplace), man pages, completions, alerts, dashboards,
+#  - tests/package/box-install.sh: the .deb installed, run and removed in a
+#    real systemd box (root; skip with CHECK_PACKAGES_NO_BOX=1).
 set -eu
 cd "$(dirname "$0")/.."
 fail=0
@@ -59,7 +61,7 @@ hasnt "deb postinst does not enable on install (dh_installsystemd --no-enable)" 
 has "deb postinst restarts only enabled units (deb-systemd-invoke)" "$postinst" "deb-systemd-invoke \\\$_dh_action 'peagen-spawnerd\.service'"
 hasnt "deb postinst never restarts the workers slice on upgrade" "$postinst" "deb-systemd-invoke .*peagen-workers\.slice"
 has "deb prerm stops the spawner on removal" "$prerm" "deb-systemd-invoke stop 'peagen-spawnerd\.service'"
-has "deb prerm stops the workers on removal" "$prerm" 'deb-systemd-invoke stop peagen-workers\.slice'
+has "deb prerm stops the workers on removal" "$prerm" "deb-systemd-invoke stop 'peagen-worker@\\*\\.service' peagen-workers\\.slice"
 has "deb postrm purges the unit state" "$postrm" "deb-systemd-helper purge 'peagen-spawnerd\.service'"
 has "deb: /etc/peagen/peagen.toml is a conffile" "$conffiles" '^/etc/peagen/peagen\.toml$'
 
@@ -85,7 +87,7 @@ has "rpm %post creates state dirs (systemd-tmpfiles)" "$post" 'systemd-tmpfiles 
 has "rpm %post registers the unit by preset (not enable)" "$post" 'preset peagen-spawnerd\.service'
 hasnt "rpm %post does not enable or start" "$post" 'systemctl[^|]*(enable|start) '
 has "rpm %preun stops+disables the spawner on removal" "$preun" 'disable --now peagen-spawnerd\.service'
-has "rpm %preun stops the workers on removal" "$preun" 'systemctl stop peagen-workers\.slice'
+has "rpm %preun stops the workers on removal" "$preun" "systemctl stop 'peagen-worker@\\*\\.service' peagen-workers\\.slice"
 has "rpm %postun restarts the spawner on upgrade" "$postun" 'try-restart peagen-spawnerd\.service'
 cfg=$(rpm -qp --qf '[%{FILEFLAGS:fflags} %{FILENAMES}\n]' "$rpm" 2>/dev/null)
 has "rpm: peagen.toml is %config(noreplace)" "$cfg" '^c[a-z]*n[a-z]* /etc/peagen/peagen\.toml$'
@@ -122,6 +124,15 @@ if "$tmp/deb/usr/bin/peagenctl" config validate --config "$tmp/deb/etc/peagen/pe
     ok "packaged peagenctl validates the packaged peagen.toml"
 else
     err "packaged peagen.toml does not validate (exit $?)"
+fi
+
+# End to end: install the .deb in a real systemd box, run it, remove it.
+if [ "${CHECK_PACKAGES_NO_BOX:-}" = 1 ]; then
+    echo "check-packages: box install test skipped (CHECK_PACKAGES_NO_BOX=1)"
+elif tests/package/box-install.sh "$deb"; then
+    ok "box install test (tests/package/box-install.sh)"
+else
+    err "box install test (tests/package/box-install.sh)"
 fi
 
 [ "$fail" -eq 0 ] && echo "check-packages: OK"
