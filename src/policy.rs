@@ -196,7 +196,9 @@ pub struct Breaker {
 pub enum BreakerState {
     Closed,
     /// No starts until the instant.
-    Open { until: Instant },
+    Open {
+        until: Instant,
+    },
     /// One probe start allowed.
     HalfOpen,
 }
@@ -416,7 +418,14 @@ mod tests {
             .collect();
         let d = decide(&c, &bl(Some(0), 0, 0), &ws, Memory::default(), 9, t0);
         assert!(d.memory.low_since.is_some());
-        let d = decide(&c, &bl(Some(4), 4, 0), &ws, d.memory, 9, t0 + Duration::from_secs(10));
+        let d = decide(
+            &c,
+            &bl(Some(4), 4, 0),
+            &ws,
+            d.memory,
+            9,
+            t0 + Duration::from_secs(10),
+        );
         assert_eq!(d.memory.low_since, None, "desired == current resets");
         let t = t0 + Duration::from_secs(400);
         let d = decide(&c, &bl(Some(0), 0, 0), &ws, d.memory, 9, t);
@@ -435,9 +444,19 @@ mod tests {
         let ws = vec![
             w("busy", WorkerState::Busy),
             w("start", WorkerState::Starting),
-            w("fresh", WorkerState::Idle { since: now - Duration::from_secs(5) }),
+            w(
+                "fresh",
+                WorkerState::Idle {
+                    since: now - Duration::from_secs(5),
+                },
+            ),
             w("old", WorkerState::Idle { since: t0 }),
-            w("older", WorkerState::Idle { since: t0 - Duration::from_secs(1) }),
+            w(
+                "older",
+                WorkerState::Idle {
+                    since: t0 - Duration::from_secs(1),
+                },
+            ),
         ];
         // No work at all: desired 0, but only the two long-idle ones may go.
         let d = decide(&c, &bl(Some(0), 0, 0), &ws, Memory::default(), 9, now);

@@ -11,7 +11,9 @@
 
 use crate::config::Config;
 use crate::metrics::{labels, CounterVec, GaugeVec, SharedRegistry};
-use crate::policy::{self, Backlog, Breaker, BreakerState, Memory, PolicyConfig, WorkerState, WorkerView};
+use crate::policy::{
+    self, Backlog, Breaker, BreakerState, Memory, PolicyConfig, WorkerState, WorkerView,
+};
 use crate::queue::{Queue, QueueStats};
 use crate::systemd::{Systemd, UnitInfo};
 use crate::telemetry::notify;
@@ -230,7 +232,14 @@ impl Spawner {
         {
             Ok(rep) => {
                 if rep.requeued + rep.dead_lettered > 0 {
-                    tracing::warn!(worker_id, unit, requeued = rep.requeued, dead_lettered = rep.dead_lettered, reason = why, "re-queued the tasks of a dead worker");
+                    tracing::warn!(
+                        worker_id,
+                        unit,
+                        requeued = rep.requeued,
+                        dead_lettered = rep.dead_lettered,
+                        reason = why,
+                        "re-queued the tasks of a dead worker"
+                    );
                 }
                 self.m
                     .reclaimed
@@ -278,8 +287,12 @@ impl Spawner {
             } else {
                 tracing::info!(worker_id = %u.worker_id, unit = %u.unit, result, "worker unit finished");
             }
-            self.reclaim_worker(&u.worker_id, &u.unit, &format!("worker unit {} ({result})", u.active_state))
-                .await;
+            self.reclaim_worker(
+                &u.worker_id,
+                &u.unit,
+                &format!("worker unit {} ({result})", u.active_state),
+            )
+            .await;
             if let Err(e) = self.sd.reset_failed(&u.unit).await {
                 tracing::debug!(unit = %u.unit, error = %e, "ResetFailedUnit failed");
             }
@@ -336,9 +349,7 @@ impl Spawner {
             length: stats.length,
             pending: stats.pending,
         };
-        let allowed = self
-            .breaker
-            .allowed_starts(now, self.starting.len() as u32);
+        let allowed = self.breaker.allowed_starts(now, self.starting.len() as u32);
         let d = policy::decide(&self.policy_cfg(), &backlog, &views, self.mem, allowed, now);
         self.mem = d.memory;
         for _ in 0..d.start {
@@ -351,7 +362,9 @@ impl Spawner {
                 Ok(()) => {
                     self.m.stops.inc();
                 }
-                Err(e) => tracing::warn!(worker_id = %id, unit = %unit, error = %e, "StopUnit failed"),
+                Err(e) => {
+                    tracing::warn!(worker_id = %id, unit = %unit, error = %e, "StopUnit failed")
+                }
             };
             self.idle_since.remove(id);
         }
@@ -404,7 +417,13 @@ impl Spawner {
         }
     }
 
-    async fn update_gauges(&mut self, views: &[WorkerView], d: &policy::Decision, st: &QueueStats, now: Instant) {
+    async fn update_gauges(
+        &mut self,
+        views: &[WorkerView],
+        d: &policy::Decision,
+        st: &QueueStats,
+        now: Instant,
+    ) {
         let mut n = [0i64; 4];
         for v in views {
             n[match v.state {
@@ -415,7 +434,10 @@ impl Spawner {
             }] += 1;
         }
         for (i, s) in ["starting", "idle", "busy", "stopping"].iter().enumerate() {
-            self.m.workers.get_or_create(&labels(&[("state", s)])).set(n[i]);
+            self.m
+                .workers
+                .get_or_create(&labels(&[("state", s)]))
+                .set(n[i]);
         }
         self.m.desired.set(d.desired as i64);
         self.m
@@ -478,12 +500,21 @@ impl Spawner {
         let claimer = format!("peagen-spawnerd-{}", self.host);
         match self
             .queue
-            .autoclaim_orphans(&claimer, self.cfg.spawner.reclaim_min_idle_ms, self.max_attempts(), &self.host)
+            .autoclaim_orphans(
+                &claimer,
+                self.cfg.spawner.reclaim_min_idle_ms,
+                self.max_attempts(),
+                &self.host,
+            )
             .await
         {
             Ok(rep) => {
                 if rep.requeued + rep.dead_lettered > 0 {
-                    tracing::warn!(requeued = rep.requeued, dead_lettered = rep.dead_lettered, "orphan sweep re-queued tasks");
+                    tracing::warn!(
+                        requeued = rep.requeued,
+                        dead_lettered = rep.dead_lettered,
+                        "orphan sweep re-queued tasks"
+                    );
                 }
                 self.m
                     .reclaimed
@@ -501,11 +532,17 @@ impl Spawner {
         };
         for c in consumers {
             let idle_long = c.idle_ms >= self.cfg.spawner.reclaim_min_idle_ms;
-            if c.pending == 0 && !self.live_prev.contains(&c.name) && !self.starting.contains_key(&c.name) && (idle_long || c.name == claimer) {
+            if c.pending == 0
+                && !self.live_prev.contains(&c.name)
+                && !self.starting.contains_key(&c.name)
+                && (idle_long || c.name == claimer)
+            {
                 match self.queue.delete_consumer_if_empty(&c.name).await {
                     Ok(true) => tracing::info!(consumer = %c.name, "deleted empty consumer"),
                     Ok(false) => {}
-                    Err(e) => tracing::debug!(consumer = %c.name, error = %e, "delete consumer failed"),
+                    Err(e) => {
+                        tracing::debug!(consumer = %c.name, error = %e, "delete consumer failed")
+                    }
                 }
             }
         }
@@ -560,7 +597,9 @@ async fn connect_all(cfg: &Config, stop: &Notify) -> Option<(Systemd, Queue)> {
             Ok(x) => return Some(x),
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "waiting for systemd and Redis");
-                notify(&[NotifyState::Status(&format!("waiting for systemd and Redis: {e:#}"))]);
+                notify(&[NotifyState::Status(&format!(
+                    "waiting for systemd and Redis: {e:#}"
+                ))]);
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = stop.notified() => return None,
@@ -640,6 +679,7 @@ pub async fn run(cfg: Config, cfg_path: Option<PathBuf>) -> i32 {
         last_status: String::new(),
     };
     let mut watcher = spawn_watcher(&sp.sd, wake.clone());
+    let redis_watcher = spawn_redis_watcher(cfg.redis.clone(), wake.clone());
     // First pass before READY=1: state is rebuilt from systemd + Redis.
     if let Err(e) = sp.reconcile().await {
         tracing::warn!(error = %format!("{e:#}"), "first reconcile failed");
@@ -650,7 +690,9 @@ pub async fn run(cfg: Config, cfg_path: Option<PathBuf>) -> i32 {
     let mut last_ping = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(cfg.spawner.tick_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut sweep = tokio::time::interval(Duration::from_secs(cfg.spawner.reclaim_interval_secs.max(1)));
+    let mut sweep = tokio::time::interval(Duration::from_secs(
+        cfg.spawner.reclaim_interval_secs.max(1),
+    ));
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     sweep.tick().await;
     loop {
@@ -687,7 +729,75 @@ pub async fn run(cfg: Config, cfg_path: Option<PathBuf>) -> i32 {
     notify(&[NotifyState::Stopping]);
     tracing::info!("stopping; worker units keep running and finish their tasks");
     watcher.abort();
+    redis_watcher.abort();
     crate::exit::OK
+}
+
+/// Wake the supervisor as soon as a task is added: a blocking `XREAD` (not
+/// XREADGROUP: it delivers nothing to the group) on its own connection, with a
+/// response timeout longer than the block time.
+fn spawn_redis_watcher(
+    cfg: crate::config::RedisConfig,
+    wake: Arc<Notify>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        const BLOCK_MS: u64 = 5000;
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let conn = async {
+                let client = redis::Client::open(cfg.url.as_str())?;
+                let acfg = redis::AsyncConnectionConfig::new()
+                    .set_response_timeout(Some(Duration::from_millis(BLOCK_MS + 5000)));
+                client
+                    .get_multiplexed_async_connection_with_config(&acfg)
+                    .await
+            }
+            .await;
+            let mut conn = match conn {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(error = %e, "queue watcher: cannot connect");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(200);
+            let mut last = "$".to_string();
+            loop {
+                let r: redis::RedisResult<Option<redis::streams::StreamReadReply>> =
+                    redis::cmd("XREAD")
+                        .arg("COUNT")
+                        .arg(1000)
+                        .arg("BLOCK")
+                        .arg(BLOCK_MS)
+                        .arg("STREAMS")
+                        .arg(&cfg.tasks_stream)
+                        .arg(&last)
+                        .query_async(&mut conn)
+                        .await;
+                match r {
+                    Ok(Some(reply)) => {
+                        if let Some(id) = reply
+                            .keys
+                            .iter()
+                            .flat_map(|k| k.ids.iter())
+                            .map(|e| e.id.clone())
+                            .next_back()
+                        {
+                            last = id;
+                            wake.notify_one();
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::debug!(error = %e, "queue watcher: XREAD failed; reconnecting");
+                        break;
+                    }
+                }
+            }
+        }
+    })
 }
 
 fn spawn_watcher(sd: &Systemd, wake: Arc<Notify>) -> tokio::task::JoinHandle<()> {
@@ -702,7 +812,11 @@ fn spawn_watcher(sd: &Systemd, wake: Arc<Notify>) -> tokio::task::JoinHandle<()>
 
 /// `peagen-spawnerd [--config FILE]`.
 #[derive(clap::Parser, Debug)]
-#[command(name = "peagen-spawnerd", version, about = "Autoscale peagen-worker@<uuid>.service units from the Redis queue")]
+#[command(
+    name = "peagen-spawnerd",
+    version,
+    about = "Autoscale peagen-worker@<uuid>.service units from the Redis queue"
+)]
 pub struct SpawnerCli {
     /// Config file (default /etc/peagen/peagen.toml if present).
     #[arg(long, short = 'c')]
@@ -731,8 +845,10 @@ pub fn cli_main() -> i32 {
             return crate::exit::FAILURE;
         }
     };
-    let path = cli
-        .config
-        .or_else(|| std::path::Path::new(crate::config::DEFAULT_PATH).exists().then(|| crate::config::DEFAULT_PATH.into()));
+    let path = cli.config.or_else(|| {
+        std::path::Path::new(crate::config::DEFAULT_PATH)
+            .exists()
+            .then(|| crate::config::DEFAULT_PATH.into())
+    });
     rt.block_on(run(cfg, path))
 }

@@ -163,7 +163,9 @@ impl Systemd {
                     return Ok(a.result.to_string());
                 }
             }
-            Err(anyhow!("D-Bus connection closed while waiting for job {job:?}"))
+            Err(anyhow!(
+                "D-Bus connection closed while waiting for job {job:?}"
+            ))
         };
         let result = match tokio::time::timeout(job_timeout, wait).await {
             Ok(r) => r?,
@@ -237,10 +239,7 @@ impl Systemd {
             .get_unit(unit.into())
             .await
             .with_context(|| format!("GetUnit {unit}"))?;
-        let svc = ServiceProxy::builder(&self.conn)
-            .path(path)
-            .build()
-            .await?;
+        let svc = ServiceProxy::builder(&self.conn).path(path).build().await?;
         Ok(UnitExit {
             result: svc.result().await?,
             code: svc.exec_main_code().await?,
@@ -346,7 +345,11 @@ fn hardening_bools(cfg: &WorkerUnitConfig) -> Vec<(&'static str, bool)> {
 }
 
 /// Environment of a worker: config env plus its identity.
-pub fn worker_environment(worker_id: &str, cfg: &WorkerUnitConfig, extra: &[String]) -> Vec<String> {
+pub fn worker_environment(
+    worker_id: &str,
+    cfg: &WorkerUnitConfig,
+    extra: &[String],
+) -> Vec<String> {
     let mut env: Vec<String> = cfg.environment.clone();
     env.extend(extra.iter().cloned());
     env.push(format!("PEAGEN_WORKER_ID={worker_id}"));
@@ -419,10 +422,7 @@ pub fn worker_properties(
                     .collect::<Vec<_>>(),
             ))?,
         );
-        put(
-            "SystemCallArchitectures",
-            var(vec!["native".to_string()])?,
-        );
+        put("SystemCallArchitectures", var(vec!["native".to_string()])?);
         put(
             "RestrictAddressFamilies",
             var((
@@ -446,8 +446,7 @@ pub fn worker_properties(
 fn quote_arg(a: &str) -> String {
     let a = &a.replace('%', "%%");
     if !a.is_empty()
-        && a
-            .chars()
+        && a.chars()
             .all(|c| c.is_ascii_alphanumeric() || "/._-=:,+@".contains(c))
     {
         a.to_string()
@@ -560,7 +559,12 @@ mod tests {
         assert!(get("DynamicUser").contains("true"));
         assert!(get("Delegate").contains("true"));
         assert!(get("Slice").contains("peagen-workers.slice"));
-        for k in ["ProtectProc", "ProcSubset", "ProtectKernelTunables", "ProtectKernelLogs"] {
+        for k in [
+            "ProtectProc",
+            "ProcSubset",
+            "ProtectKernelTunables",
+            "ProtectKernelLogs",
+        ] {
             assert!(p.iter().all(|(n, _)| n != k), "{k} must not be set");
         }
         // Delegate keeps the cgroup tree writable.
@@ -575,12 +579,18 @@ mod tests {
     #[test]
     fn rendered_unit_matches_properties() {
         let cfg = WorkerUnitConfig {
-            exec_start: vec!["/usr/bin/peagen-worker".into(), "--config".into(), "/etc/peagen/a b.toml".into()],
+            exec_start: vec![
+                "/usr/bin/peagen-worker".into(),
+                "--config".into(),
+                "/etc/peagen/a b.toml".into(),
+            ],
             ..Default::default()
         };
         let text = render_worker_unit(&cfg);
         assert!(text.contains("[Service]\n"), "{text}");
-        assert!(text.contains("ExecStart=/usr/bin/peagen-worker --config \"/etc/peagen/a b.toml\"\n"));
+        assert!(
+            text.contains("ExecStart=/usr/bin/peagen-worker --config \"/etc/peagen/a b.toml\"\n")
+        );
         assert!(text.contains("Environment=PEAGEN_WORKER_ID=%i\n"));
         assert!(text.contains("LogExtraFields=PEAGEN_WORKER_ID=%i\n"));
         assert!(text.contains("RestrictNamespaces=user mnt pid net ipc uts cgroup\n"));

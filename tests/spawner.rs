@@ -22,7 +22,9 @@ fn burst_scales_up_to_policy_drains_and_idles_down_to_warm_pool() {
         "",
     );
     b.start_spawnerd();
-    eventually("warm pool of 1", LONG, || (b.live_workers() == 1).then_some(()));
+    eventually("warm pool of 1", LONG, || {
+        (b.live_workers() == 1).then_some(())
+    });
     let ids = b.push("sleep", 20);
     assert_eq!(ids.len(), 20);
     let mut peak = 0;
@@ -43,7 +45,10 @@ fn burst_scales_up_to_policy_drains_and_idles_down_to_warm_pool() {
     });
     let m = b.metrics();
     assert!(m.contains("peagen_spawn_ready_seconds_count"), "{m}");
-    assert!(b.metric("peagen_worker_stops_total").unwrap_or(0.0) >= 5.0, "{m}");
+    assert!(
+        b.metric("peagen_worker_stops_total").unwrap_or(0.0) >= 5.0,
+        "{m}"
+    );
     assert_eq!(b.metric("peagen_workers_desired"), Some(1.0));
 }
 
@@ -55,7 +60,9 @@ fn killed_busy_worker_gets_its_task_requeued_and_finished_elsewhere() {
     let b = TestBox::start("kill");
     b.write_config("max = 4\nwarm-pool = 1\nidle-timeout-secs = 600", "");
     b.start_spawnerd();
-    eventually("a warm worker", LONG, || (b.live_workers() == 1).then_some(()));
+    eventually("a warm worker", LONG, || {
+        (b.live_workers() == 1).then_some(())
+    });
     let id = b.push("slow", 1).remove(0);
     // The worker that holds it.
     let victim: String = eventually("the task in flight", LONG, || {
@@ -68,11 +75,17 @@ fn killed_busy_worker_gets_its_task_requeued_and_finished_elsewhere() {
     });
     let unit = format!("peagen-worker@{victim}.service");
     b.sh(&format!("systemctl kill -s KILL {unit}"));
-    let r = eventually("the task finished by another worker", LONG, || b.result(&id));
+    let r = eventually("the task finished by another worker", LONG, || {
+        b.result(&id)
+    });
     assert_eq!(r["status"], "ok", "{r}");
     assert_ne!(r["worker_id"], victim.as_str(), "{r}");
     assert_eq!(r["attempts"], 2, "re-queued with attempts+1: {r}");
-    assert!(b.metric("peagen_reclaimed_tasks_total{outcome=\"requeued\"}").unwrap_or(0.0) >= 1.0);
+    assert!(
+        b.metric("peagen_reclaimed_tasks_total{outcome=\"requeued\"}")
+            .unwrap_or(0.0)
+            >= 1.0
+    );
     // The failed unit was read and reset, not left to pile up.
     eventually("failed unit reset", LONG, || {
         (!b.worker_units().iter().any(|(u, _)| *u == unit)).then_some(())
@@ -92,7 +105,9 @@ fn restarting_spawnerd_neither_duplicates_nor_orphans_workers() {
         "",
     );
     b.start_spawnerd();
-    eventually("warm pool of 2", LONG, || (b.live_workers() == 2).then_some(()));
+    eventually("warm pool of 2", LONG, || {
+        (b.live_workers() == 2).then_some(())
+    });
     let ids = b.push("sleep", 12);
     eventually("scaled up", LONG, || (b.live_workers() == 5).then_some(()));
     let before: HashSet<String> = b.worker_units().into_iter().map(|(u, _)| u).collect();
@@ -100,7 +115,10 @@ fn restarting_spawnerd_neither_duplicates_nor_orphans_workers() {
     // The same units are still there (workers outlive the spawner) and no
     // extra ones appear: the new instance rebuilt its view from systemd.
     let after: HashSet<String> = b.worker_units().into_iter().map(|(u, _)| u).collect();
-    assert!(before.is_subset(&after) || before == after, "{before:?} vs {after:?}");
+    assert!(
+        before.is_subset(&after) || before == after,
+        "{before:?} vs {after:?}"
+    );
     let mut peak = 0;
     eventually("queue drained", LONG, || {
         peak = peak.max(b.live_workers());
@@ -109,7 +127,11 @@ fn restarting_spawnerd_neither_duplicates_nor_orphans_workers() {
     });
     assert!(peak <= 5, "never above max: {peak}");
     for id in &ids {
-        assert_eq!(b.result(id).expect("result")["attempts"], 1, "no task ran twice");
+        assert_eq!(
+            b.result(id).expect("result")["attempts"],
+            1,
+            "no task ran twice"
+        );
     }
     eventually("back to exactly the warm pool", LONG, || {
         (b.live_workers() == 2).then_some(())
@@ -146,12 +168,10 @@ fn worker_failing_at_start_opens_the_breaker_instead_of_a_storm() {
         "max = 8\nwarm-pool = 0\nfailure-threshold = 3\nbackoff-initial-secs = 600",
         "",
     );
-    let cfg = std::fs::read_to_string(&b.config_path)
-        .unwrap()
-        .replace(
-            "exec-start = [\"/usr/local/bin/peagen-worker\"",
-            "exec-start = [\"/bin/false\", \"/usr/local/bin/peagen-worker\"",
-        );
+    let cfg = std::fs::read_to_string(&b.config_path).unwrap().replace(
+        "exec-start = [\"/usr/local/bin/peagen-worker\"",
+        "exec-start = [\"/bin/false\", \"/usr/local/bin/peagen-worker\"",
+    );
     std::fs::write(&b.config_path, &cfg).unwrap();
     b.write(common::CONFIG_IN_BOX, &cfg);
     b.start_spawnerd();
@@ -166,7 +186,11 @@ fn worker_failing_at_start_opens_the_breaker_instead_of_a_storm() {
     // bounded by one tick's rate limit (8) — but never a storm.
     assert!((3.0..=8.0).contains(&spawns), "spawns {spawns}");
     std::thread::sleep(Duration::from_secs(4));
-    assert_eq!(b.metric("peagen_spawns_total").unwrap(), spawns, "no starts while open");
+    assert_eq!(
+        b.metric("peagen_spawns_total").unwrap(),
+        spawns,
+        "no starts while open"
+    );
     let j = b.journal("-u peagen-spawnerd");
     assert!(j.contains("spawn circuit breaker open"), "{j}");
     // No failed units piling up.
@@ -194,7 +218,9 @@ fn dropin_applies_to_transient_workers_and_journal_has_worker_id_field() {
             .find(|(_, s)| s == "active")
             .map(|(u, _)| u)
     });
-    let show = b.sh(&format!("systemctl show -p Environment -p Nice -p DropInPaths {unit}"));
+    let show = b.sh(&format!(
+        "systemctl show -p Environment -p Nice -p DropInPaths {unit}"
+    ));
     assert!(show.contains("PEAGEN_DROPIN_TEST=applied"), "{show}");
     assert!(show.contains("Nice=5"), "{show}");
     let id = unit
@@ -217,7 +243,10 @@ fn dropin_applies_to_transient_workers_and_journal_has_worker_id_field() {
     assert!(!j.contains("-- No entries --"), "{j}");
     // And only that worker's lines.
     let other = b.journal("PEAGEN_WORKER_ID=00000000-0000-0000-0000-000000000000");
-    assert!(other.trim().is_empty() || other.contains("No entries"), "{other}");
+    assert!(
+        other.trim().is_empty() || other.contains("No entries"),
+        "{other}"
+    );
 }
 
 #[test]

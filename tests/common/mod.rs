@@ -237,7 +237,10 @@ args = ["-c", "sleep 15; cat"]
     /// The spawner's Prometheus text.
     pub fn metrics(&self) -> String {
         let out = Command::new("curl")
-            .args(["-sf", &format!("http://127.0.0.1:{}/metrics", self.metrics_port)])
+            .args([
+                "-sf",
+                &format!("http://127.0.0.1:{}/metrics", self.metrics_port),
+            ])
             .output();
         match out {
             Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -262,8 +265,18 @@ impl Drop for TestBox {
     fn drop(&mut self) {
         if std::thread::panicking() {
             // Leave a trace for the failure report.
-            let j = self.exec(&["journalctl", "--no-pager", "-n", "80", "-u", "peagen-spawnerd"]);
-            eprintln!("--- spawnerd journal ---\n{}", String::from_utf8_lossy(&j.stdout));
+            let j = self.exec(&[
+                "journalctl",
+                "--no-pager",
+                "-n",
+                "80",
+                "-u",
+                "peagen-spawnerd",
+            ]);
+            eprintln!(
+                "--- spawnerd journal ---\n{}",
+                String::from_utf8_lossy(&j.stdout)
+            );
         }
         let _ = Command::new(BOX_SH).arg("stop").arg(&self.dir).output();
     }
