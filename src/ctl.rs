@@ -471,6 +471,28 @@ fn with_dead_id(id: &str, r: &Value) -> Value {
 }
 
 async fn workers(cfg: &Config, as_json: bool) -> Result<(), CtlError> {
+    // Units from systemd joined with what each consumer holds in Redis.
+    match crate::spawner::list_workers(cfg).await {
+        Ok(rows) => {
+            if as_json {
+                println!("{}", serde_json::to_string(&rows).unwrap_or_default());
+            } else {
+                println!("{:<36} {:<9} {:<22} {:>7}  current task", "worker id", "state", "unit state", "pending");
+                for r in rows {
+                    println!(
+                        "{:<36} {:<9} {:<22} {:>7}  {}",
+                        r.worker_id,
+                        r.state,
+                        format!("{}/{}", r.active_state, r.sub_state),
+                        r.pending,
+                        r.current_task.as_deref().unwrap_or("-")
+                    );
+                }
+            }
+            return Ok(());
+        }
+        Err(e) => eprintln!("peagenctl: cannot list worker units from systemd ({e}); showing queue consumers instead"),
+    }
     let q = connect(cfg).await?;
     let consumers = q.consumers().await.map_err(unavailable)?;
     let mut rows = Vec::new();

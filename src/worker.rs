@@ -544,14 +544,21 @@ impl Worker {
         }
     }
 
-    async fn dead_bad(&mut self, e: &Entry, code: &str, why: String) -> Handled {
-        let dl = DeadLetter {
+    fn dead_record(
+        &self,
+        e: &Entry,
+        task: Option<&Task>,
+        reason: &str,
+        error: &str,
+        attempts: u32,
+    ) -> DeadLetter {
+        DeadLetter {
             original_id: e.id.clone(),
-            task_id: None,
-            kind: None,
-            reason: code.to_string(),
-            error: why.clone(),
-            attempts: 0,
+            task_id: task.map(|t| t.id.clone()),
+            kind: task.map(|t| t.kind.clone()),
+            reason: reason.to_string(),
+            error: error.to_string(),
+            attempts,
             worker_id: self.id.clone(),
             host: self.host.clone(),
             dead_at: now_rfc3339(),
@@ -559,7 +566,11 @@ impl Worker {
                 .data
                 .as_deref()
                 .map(|d| String::from_utf8_lossy(d).into_owned()),
-        };
+        }
+    }
+
+    async fn dead_bad(&mut self, e: &Entry, code: &str, why: String) -> Handled {
+        let dl = self.dead_record(e, None, code, &why, 0);
         self.metrics
             .dead_lettered
             .get_or_create(&labels(&[("reason", code)]))
@@ -617,21 +628,7 @@ impl Worker {
         let Some(result_json) = self.save(&rec).await else {
             return Handled::LeftPending;
         };
-        let dl = DeadLetter {
-            original_id: e.id.clone(),
-            task_id: Some(task.id.clone()),
-            kind: Some(task.kind.clone()),
-            reason: reason.to_string(),
-            error: msg.clone(),
-            attempts,
-            worker_id: self.id.clone(),
-            host: self.host.clone(),
-            dead_at: now_rfc3339(),
-            raw: e
-                .data
-                .as_deref()
-                .map(|d| String::from_utf8_lossy(d).into_owned()),
-        };
+        let dl = self.dead_record(e, Some(task), reason, &msg, attempts);
         self.metrics
             .dead_lettered
             .get_or_create(&labels(&[("reason", reason)]))
