@@ -127,11 +127,11 @@ fn restarting_spawnerd_neither_duplicates_nor_orphans_workers() {
     });
     assert!(peak <= 5, "never above max: {peak}");
     for id in &ids {
-        assert_eq!(
-            b.result(id).expect("result")["attempts"],
-            1,
-            "no task ran twice"
-        );
+        let r = b.result(id).expect("result");
+        if r["attempts"] != 1 {
+            let j = b.journal(&format!("-u peagen-spawnerd -o short-precise; journalctl --no-pager -o short-precise TASK_ID={id}"));
+            panic!("task ran twice: {r}\n{j}");
+        }
     }
     eventually("back to exactly the warm pool", LONG, || {
         (b.live_workers() == 2).then_some(())
