@@ -25,12 +25,12 @@ mport=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));prin
 
 if [ "$(cat /proc/1/comm)" = systemd ]; then
     mode=host
-    in() { "$@"; }
+    run_in() { "$@"; }
     install_file() { install -D -m "$(stat -c %a "$1")" "$1" "$2"; }
     prefix=/run/peagen-demo
 else
     mode=box
-    in() { "$here/tests/box/box.sh" exec "$work/box" "$@"; }
+    run_in() { "$here/tests/box/box.sh" exec "$work/box" "$@"; }
     install_file() { "$here/tests/box/box.sh" install "$work/box" "$1" "$2"; }
     prefix=/run/peagen-demo
 fi
@@ -38,8 +38,8 @@ fi
 redis_pid=
 cleanup() {
     echo "==> cleaning up"
-    in systemctl stop peagen-spawnerd.service 2>/dev/null || true
-    in sh -c "systemctl stop 'peagen-worker@*.service'; systemctl reset-failed 'peagen-worker@*.service'" 2>/dev/null || true
+    run_in systemctl stop peagen-spawnerd.service 2>/dev/null || true
+    run_in sh -c "systemctl stop 'peagen-worker@*.service'; systemctl reset-failed 'peagen-worker@*.service'" 2>/dev/null || true
     [ $mode = box ] && "$here/tests/box/box.sh" stop "$work/box" >/dev/null 2>&1 || true
     [ -n "$redis_pid" ] && kill "$redis_pid" 2>/dev/null || true
     [ $mode = host ] && rm -rf "$prefix"
@@ -87,22 +87,22 @@ install_file "$cfg" "$prefix/peagen.toml"
 ctl() { "$bin/peagenctl" --config "$cfg" "$@"; }
 
 echo "==> starting peagen-spawnerd (Type=notify: returns after READY=1)"
-in systemd-run -q --unit=peagen-spawnerd -p Type=notify -p WatchdogSec=30 \
+run_in systemd-run -q --unit=peagen-spawnerd -p Type=notify -p WatchdogSec=30 \
     "$prefix/bin/peagen-spawnerd" --config "$prefix/peagen.toml"
-for _ in $(seq 100); do [ "$(in systemctl list-units --plain --no-legend 'peagen-worker@*' | grep -c running)" -ge 1 ] && break; sleep 0.1; done
-echo "    warm pool up: $(in systemctl list-units --plain --no-legend 'peagen-worker@*' | awk '{print $1}' | tr '\n' ' ')"
+for _ in $(seq 100); do [ "$(run_in systemctl list-units --plain --no-legend 'peagen-worker@*' | grep -c running)" -ge 1 ] && break; sleep 0.1; done
+echo "    warm pool up: $(run_in systemctl list-units --plain --no-legend 'peagen-worker@*' | awk '{print $1}' | tr '\n' ' ')"
 
 echo "==> pushing $TASKS '$KIND' tasks"
 for i in $(seq "$TASKS"); do echo "{\"kind\":\"$KIND\",\"id\":\"demo-$i\",\"payload\":{\"n\":$i}}"; done | ctl push --file - --json >/dev/null
 
-status() { in systemctl show -p StatusText --value peagen-spawnerd; }
+status() { run_in systemctl show -p StatusText --value peagen-spawnerd; }
 t0=$(date +%s.%N); settled=0
 printf '%6s  %-8s %s\n' time results "spawner status"
 while :; do
     st=$(ctl queue stats --json); res=$(echo "$st" | jq .results); dead=$(echo "$st" | jq .dead_letters)
     printf '%5.1fs  %3s/%-4s %s\n' "$(echo "$(date +%s.%N) - $t0" | bc)" "$((res + dead))" "$TASKS" "$(status)"
     if [ $((res + dead)) -ge "$TASKS" ]; then
-        live=$(in systemctl list-units --plain --no-legend 'peagen-worker@*' | grep -c . || true)
+        live=$(run_in systemctl list-units --plain --no-legend 'peagen-worker@*' | grep -c . || true)
         [ "$live" -le 1 ] && settled=$((settled + 1))
         [ $settled -ge 2 ] && break
     fi
@@ -110,8 +110,10 @@ while :; do
     sleep 0.5
 done
 echo "==> all $TASKS tasks done ($dead dead-lettered); workers went idle and back to the warm pool"
-echo "    sample result: $(ctl task get demo-1 --json | jq -c '{task_id,status,attempts,worker_id,data}')"
+sample=$(ctl task get demo-1 --json)
+echo "    sample result: $(echo "$sample" | jq -c '{task_id,status,attempts,worker_id,data}')"
+wid=$(echo "$sample" | jq -r .worker_id)
 echo "==> spawner metrics"
 curl -sf "http://127.0.0.1:$mport/metrics" | grep -E '^peagen_(spawns_total|worker_stops_total|spawn_failures_total|workers_desired|spawn_ready_seconds_(sum|count)|workers\{)' | sed 's/^/    /'
-echo "==> worker logs by field: journalctl PEAGEN_WORKER_ID=<uuid>"
-in journalctl --no-pager -o cat -u peagen-spawnerd | tail -3 | sed 's/^/    /'
+echo "==> that worker's log: journalctl PEAGEN_WORKER_ID=$wid"
+run_in journalctl --no-pager -o short-precise "PEAGEN_WORKER_ID=$wid" | tail -4 | sed 's/^/    /'
