@@ -234,18 +234,21 @@ args = ["-c", "sleep 15; cat"]
             .flatten()
     }
 
-    /// The spawner's Prometheus text.
+    /// The spawner's Prometheus text (empty if the endpoint is not up).
     pub fn metrics(&self) -> String {
-        let out = Command::new("curl")
-            .args([
-                "-sf",
-                &format!("http://127.0.0.1:{}/metrics", self.metrics_port),
-            ])
-            .output();
-        match out {
-            Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
-            _ => String::new(),
+        use std::io::{Read, Write};
+        let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)) else {
+            return String::new();
+        };
+        let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
+        if c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").is_err() {
+            return String::new();
         }
+        let mut resp = String::new();
+        let _ = c.read_to_string(&mut resp);
+        resp.split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_string())
+            .unwrap_or_default()
     }
 
     /// Value of one metric line (exact name + labels) from [`Self::metrics`].
