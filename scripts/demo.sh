@@ -40,9 +40,9 @@ cleanup() {
     echo "==> cleaning up"
     run_in systemctl stop peagen-spawnerd.service 2>/dev/null || true
     run_in sh -c "systemctl stop 'peagen-worker@*.service'; systemctl reset-failed 'peagen-worker@*.service'" 2>/dev/null || true
-    [ $mode = box ] && "$here/tests/box/box.sh" stop "$work/box" >/dev/null 2>&1 || true
-    [ -n "$redis_pid" ] && kill "$redis_pid" 2>/dev/null || true
-    [ $mode = host ] && rm -rf "$prefix"
+    if [ $mode = box ]; then "$here/tests/box/box.sh" stop "$work/box" >/dev/null 2>&1 || true; fi
+    if [ -n "$redis_pid" ]; then kill "$redis_pid" 2>/dev/null || true; fi
+    if [ $mode = host ]; then rm -rf "$prefix"; fi
     rm -rf "$work"
 }
 trap cleanup EXIT

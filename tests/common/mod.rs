@@ -37,7 +37,7 @@ pub struct TestBox {
 
 fn scratch_root() -> PathBuf {
     // Never under /tmp: the box gets a private /tmp.
-    let base = std::env::var_os("CARGO_TARGET_TMPDIR")
+    let base = option_env!("CARGO_TARGET_TMPDIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/var/tmp"));
     base.join("peagen-boxes")
