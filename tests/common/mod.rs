@@ -281,7 +281,11 @@ impl Drop for TestBox {
                 String::from_utf8_lossy(&j.stdout)
             );
         }
-        let _ = Command::new(BOX_SH).arg("stop").arg(&self.dir).output();
+        let stopped = Command::new(BOX_SH).arg("stop").arg(&self.dir).output();
+        // Keep the overlay of a failed test for inspection.
+        if !std::thread::panicking() && stopped.is_ok_and(|o| o.status.success()) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
