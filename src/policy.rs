@@ -231,12 +231,14 @@ impl Breaker {
         matches!(self.state(now), BreakerState::Open { .. })
     }
 
-    /// How many starts may begin now, given `in_flight` starts not yet finished.
+    /// How many starts may begin now, given `in_flight` starts not yet
+    /// finished. After a failure (even below the threshold) starts are
+    /// serialized, so one broken binary cannot fail a whole wave at a time.
     pub fn allowed_starts(&self, now: Instant, in_flight: u32) -> u32 {
         match self.state(now) {
-            BreakerState::Closed => u32::MAX,
+            BreakerState::Closed if self.failures == 0 => u32::MAX,
+            BreakerState::Closed | BreakerState::HalfOpen => u32::from(in_flight == 0),
             BreakerState::Open { .. } => 0,
-            BreakerState::HalfOpen => u32::from(in_flight == 0),
         }
     }
 
@@ -247,21 +249,25 @@ impl Breaker {
     }
 
     /// Record a failed start. Returns `Some(backoff)` when this failure
-    /// (re)opened the breaker.
+    /// (re)opened the breaker: reaching the threshold opens it for the
+    /// initial backoff, a failed half-open probe doubles it. Failures of
+    /// starts that were already in flight while it was open change nothing.
     pub fn on_failure(&mut self, now: Instant) -> Option<Duration> {
         self.failures = self.failures.saturating_add(1);
-        if self.failures < self.threshold {
-            return None;
+        match self.state(now) {
+            BreakerState::Open { .. } => None,
+            BreakerState::HalfOpen => {
+                self.backoff = (self.backoff * 2).min(self.max_backoff);
+                self.open_until = Some(now + self.backoff);
+                Some(self.backoff)
+            }
+            BreakerState::Closed if self.failures >= self.threshold => {
+                self.backoff = self.initial_backoff;
+                self.open_until = Some(now + self.backoff);
+                Some(self.backoff)
+            }
+            BreakerState::Closed => None,
         }
-        let wait = if self.open_until.is_some() {
-            // A failed probe: back off longer.
-            self.backoff = (self.backoff * 2).min(self.max_backoff);
-            self.backoff
-        } else {
-            self.backoff
-        };
-        self.open_until = Some(now + wait);
-        Some(wait)
     }
 }
 
@@ -492,9 +498,15 @@ mod tests {
         let mut b = Breaker::new(3, Duration::from_secs(5), Duration::from_secs(12));
         assert_eq!(b.allowed_starts(t0, 0), u32::MAX);
         assert_eq!(b.on_failure(t0), None);
+        // Below the threshold: closed, but starts are serialized.
+        assert_eq!(b.allowed_starts(t0, 0), 1);
+        assert_eq!(b.allowed_starts(t0, 1), 0);
         assert_eq!(b.on_failure(t0), None);
         assert_eq!(b.on_failure(t0), Some(Duration::from_secs(5)));
         assert!(b.is_open(t0));
+        // Late failures of starts already in flight do not extend it.
+        assert_eq!(b.on_failure(t0 + Duration::from_secs(1)), None);
+        assert_eq!(b.state(t0 + Duration::from_secs(5)), BreakerState::HalfOpen);
         assert_eq!(b.allowed_starts(t0 + Duration::from_secs(4), 0), 0);
         // Half-open: one probe, only when nothing is in flight.
         let t1 = t0 + Duration::from_secs(5);
@@ -505,7 +517,7 @@ mod tests {
         assert_eq!(b.on_failure(t1), Some(Duration::from_secs(10)));
         let t2 = t1 + Duration::from_secs(10);
         assert_eq!(b.on_failure(t2), Some(Duration::from_secs(12)));
-        assert_eq!(b.failures(), 5);
+        assert_eq!(b.failures(), 6);
         // Success closes and resets.
         b.on_success();
         assert_eq!(b.state(t2), BreakerState::Closed);

@@ -679,6 +679,7 @@ pub async fn run(cfg: Config, cfg_path: Option<PathBuf>) -> i32 {
         last_status: String::new(),
     };
     let mut watcher = spawn_watcher(&sp.sd, wake.clone());
+    let redis_watcher = spawn_redis_watcher(cfg.redis.clone(), wake.clone());
     // First pass before READY=1: state is rebuilt from systemd + Redis.
     if let Err(e) = sp.reconcile().await {
         tracing::warn!(error = %format!("{e:#}"), "first reconcile failed");
@@ -728,7 +729,75 @@ pub async fn run(cfg: Config, cfg_path: Option<PathBuf>) -> i32 {
     notify(&[NotifyState::Stopping]);
     tracing::info!("stopping; worker units keep running and finish their tasks");
     watcher.abort();
+    redis_watcher.abort();
     crate::exit::OK
+}
+
+/// Wake the supervisor as soon as a task is added: a blocking `XREAD` (not
+/// XREADGROUP: it delivers nothing to the group) on its own connection, with a
+/// response timeout longer than the block time.
+fn spawn_redis_watcher(
+    cfg: crate::config::RedisConfig,
+    wake: Arc<Notify>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        const BLOCK_MS: u64 = 5000;
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let conn = async {
+                let client = redis::Client::open(cfg.url.as_str())?;
+                let acfg = redis::AsyncConnectionConfig::new()
+                    .set_response_timeout(Some(Duration::from_millis(BLOCK_MS + 5000)));
+                client
+                    .get_multiplexed_async_connection_with_config(&acfg)
+                    .await
+            }
+            .await;
+            let mut conn = match conn {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(error = %e, "queue watcher: cannot connect");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(200);
+            let mut last = "$".to_string();
+            loop {
+                let r: redis::RedisResult<Option<redis::streams::StreamReadReply>> =
+                    redis::cmd("XREAD")
+                        .arg("COUNT")
+                        .arg(1000)
+                        .arg("BLOCK")
+                        .arg(BLOCK_MS)
+                        .arg("STREAMS")
+                        .arg(&cfg.tasks_stream)
+                        .arg(&last)
+                        .query_async(&mut conn)
+                        .await;
+                match r {
+                    Ok(Some(reply)) => {
+                        if let Some(id) = reply
+                            .keys
+                            .iter()
+                            .flat_map(|k| k.ids.iter())
+                            .map(|e| e.id.clone())
+                            .next_back()
+                        {
+                            last = id;
+                            wake.notify_one();
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::debug!(error = %e, "queue watcher: XREAD failed; reconnecting");
+                        break;
+                    }
+                }
+            }
+        }
+    })
 }
 
 fn spawn_watcher(sd: &Systemd, wake: Arc<Notify>) -> tokio::task::JoinHandle<()> {
