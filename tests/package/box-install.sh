@@ -129,7 +129,7 @@ for l in sys.stdin:
 [ -n "$wid" ] && ok "worker journal has PEAGEN_WORKER_ID/TASK_ID fields ($wid)" || err "no structured fields in worker journals"
 
 step "metrics on 127.0.0.1:9465 against the metric contract"
-if m=$(in_box curl -fsS --max-time 5 http://127.0.0.1:9465/metrics); then
+if m=$(in_box python3 -c 'import urllib.request; print(urllib.request.urlopen("http://127.0.0.1:9465/metrics", timeout=5).read().decode())'); then
     names=$(printf '%s\n' "$m" | sed -n 's/^\(peagen_[a-z0-9_]*\).*/\1/p' | sed 's/_\(bucket\|sum\|count\|created\)$//' | sort -u)
     contract=$(grep -v '^#' packaging/prometheus/metric-names.txt | awk 'NF {print $2}' | sort -u)
     extra=$(comm -23 <(printf '%s\n' "$names") <(printf '%s\n' "$contract") || true)
