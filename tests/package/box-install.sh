@@ -145,6 +145,34 @@ else
     err "no metrics endpoint"
 fi
 
+step "the proposed worker property set runs a real worker"
+# units/peagen-worker-transient.reference.service under another name (a
+# peagen-worker@.service file would block the transient units), with the
+# spawner and its workers stopped so that this worker takes the tasks.
+in_box systemctl stop peagen-spawnerd
+in_box systemctl stop 'peagen-worker@*.service' || true
+sed -e 's|^ExecStart=.*|ExecStart=/usr/bin/peagen-worker|' \
+    -e 's|^\[Service\]|[Service]\nEnvironmentFile=/etc/peagen/redis.env|' \
+    units/peagen-worker-transient.reference.service > "$B/refworker.service"
+"$BOX" install "$B" "$B/refworker.service" /etc/systemd/system/peagen-refworker@.service
+in_box systemctl daemon-reload
+if in_box timeout 60 systemctl start peagen-refworker@ref1.service; then
+    ref_ids=$(in_box env PEAGEN_REDIS_URL="$url" peagenctl push --kind echo --payload '{"ref":1}' --id ref-echo --count 2)
+    got=0
+    for id in $ref_ids; do
+        r=$(in_box env PEAGEN_REDIS_URL="$url" peagenctl --json task get "$id" --wait 60 || true)
+        printf '%s' "$r" | grep -q '"worker_id": *"ref1"' && printf '%s' "$r" | grep -q '"status": *"ok"' && got=$((got + 1))
+    done
+    [ "$got" = 2 ] && ok "worker under the reference property set ran 2/2 tasks" \
+        || { err "reference worker ran $got/2 tasks"; in_box journalctl -u peagen-refworker@ref1 --no-pager -n 30 || true; }
+else
+    err "worker under the reference property set did not start"
+    in_box journalctl -u peagen-refworker@ref1 --no-pager -n 30 || true
+fi
+in_box systemctl stop peagen-refworker@ref1.service || true
+in_box rm -f /etc/systemd/system/peagen-refworker@.service
+in_box systemctl daemon-reload
+
 step "apt-get remove peagen-fabric"
 in_box env DEBIAN_FRONTEND=noninteractive apt-get remove -y peagen-fabric 2>&1 | tail -n 3
 sleep 1
