@@ -720,24 +720,9 @@ pub fn cli_main() -> i32 {
     if let Some(WorkerCmd::SandboxRun { args }) = cli.cmd {
         return crate::sandbox::run_cli(args);
     }
-    let cfg = match Config::load(cli.config.as_deref()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("peagen-worker: {e}");
-            return crate::exit::CONFIG;
-        }
-    };
-    crate::telemetry::init(&cfg.log, "peagen-worker");
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("peagen-worker: cannot start the async runtime: {e}");
-            return crate::exit::FAILURE;
-        }
+    let (cfg, rt) = match crate::telemetry::bootstrap("peagen-worker", cli.config.as_deref()) {
+        Ok(x) => x,
+        Err(code) => return code,
     };
     rt.block_on(async_main(cfg))
 }
