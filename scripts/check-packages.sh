@@ -94,6 +94,7 @@ has "rpm: peagen.toml is %config(noreplace)" "$cfg" '^c[a-z]*n[a-z]* /etc/peagen
 rpmfiles=$(rpm -qpl "$rpm" 2>/dev/null | sort)
 owners=$(rpm -qp --qf '[%{FILEUSERNAME}:%{FILEGROUPNAME} %{FILENAMES}\n]' "$rpm" 2>/dev/null)
 has "rpm: /var/lib/peagen owned by peagen" "$owners" '^peagen:peagen /var/lib/peagen$'
+has "rpm ships a disable preset (preset policy may default to enable)" "$rpmfiles" '^/usr/lib/systemd/system-preset/90-peagen-fabric\.preset$'
 
 # ---- payload of both --------------------------------------------------------
 for f in /usr/bin/peagen-spawnerd /usr/bin/peagen-worker /usr/bin/peagenctl \
@@ -133,6 +134,13 @@ elif tests/package/box-install.sh "$deb"; then
     ok "box install test (tests/package/box-install.sh)"
 else
     err "box install test (tests/package/box-install.sh)"
+fi
+if [ "${CHECK_PACKAGES_NO_BOX:-}" != 1 ]; then
+    if tests/package/box-install.sh "$rpm"; then
+        ok "box install test of the .rpm (rpm -i --nodeps on the Debian box)"
+    else
+        err "box install test of the .rpm"
+    fi
 fi
 
 [ "$fail" -eq 0 ] && echo "check-packages: OK"

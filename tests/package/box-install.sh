@@ -9,14 +9,16 @@
 # metrics against the contract, then `apt-get remove`s the package and checks
 # that no peagen unit is left running.
 #
-#   tests/package/box-install.sh [DEB]     (default: newest dist/peagen-fabric_*.deb)
+#   tests/package/box-install.sh [PKG]   (.deb, default newest dist/peagen-fabric_*.deb,
+#                                          or .rpm: `rpm -i --nodeps`, the box is Debian)
 # Env: BOX_DIR (default /var/tmp/peagen-pkg-box; never under /tmp), KEEP_BOX=1.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 top=$PWD
 [ "$(id -u)" = 0 ] || { echo "box-install: needs root" >&2; exit 1; }
 DEB=${1:-$(ls -t dist/peagen-fabric_*.deb 2>/dev/null | head -n1)}
-[ -n "$DEB" ] && [ -f "$DEB" ] || { echo "box-install: no .deb (run make deb)" >&2; exit 1; }
+[ -n "$DEB" ] && [ -f "$DEB" ] || { echo "box-install: no package (run make deb)" >&2; exit 1; }
+case "$DEB" in *.rpm) kind=rpm ;; *.deb) kind=deb ;; *) echo "box-install: $DEB: not .deb/.rpm" >&2; exit 1 ;; esac
 B=${BOX_DIR:-/var/tmp/peagen-pkg-box}
 BOX=tests/box/box.sh
 N=${TASKS:-6}
@@ -39,7 +41,7 @@ echo "$out"
 port=$(cat "$B/redis.port")
 url="redis://127.0.0.1:$port"
 
-step "apt install ./$(basename "$DEB")"
+step "install $(basename "$DEB")"
 "$BOX" install "$B" "$DEB" /root/pkg/"$(basename "$DEB")"
 # This image ships /usr/sbin/policy-rc.d (exit 101: "no service actions", as
 # in containers); a real host has none, and it would also suppress the stops
@@ -47,8 +49,14 @@ step "apt install ./$(basename "$DEB")"
 in_box rm -f /usr/sbin/policy-rc.d
 # (apt-get --no-download breaks local .deb installs: "Pathname to install is
 # not absolute"; nothing is downloaded anyway when the dependencies are there)
-in_box sh -c 'cd /root/pkg && DEBIAN_FRONTEND=noninteractive apt-get install -y "./$1"' \
-    apt "$(basename "$DEB")" 2>&1 | tail -n 5
+if [ $kind = deb ]; then
+    in_box sh -c 'cd /root/pkg && DEBIAN_FRONTEND=noninteractive apt-get install -y "./$1"' \
+        apt "$(basename "$DEB")" 2>&1 | tail -n 5
+else
+    # The box is Debian: its RPM database is empty, so dependencies cannot
+    # resolve (--nodeps); the scriptlets run for real against the box's systemd.
+    in_box rpm -i --nodeps /root/pkg/"$(basename "$DEB")"
+fi
 in_box getent passwd peagen >/dev/null && ok "user peagen created" || err "user peagen missing"
 in_box test -d /var/lib/peagen && ok "/var/lib/peagen created" || err "/var/lib/peagen missing"
 st=$(in_box systemctl is-enabled peagen-spawnerd.service 2>&1 || true)
@@ -173,8 +181,12 @@ in_box systemctl stop peagen-refworker@ref1.service || true
 in_box rm -f /etc/systemd/system/peagen-refworker@.service
 in_box systemctl daemon-reload
 
-step "apt-get remove peagen-fabric"
-in_box env DEBIAN_FRONTEND=noninteractive apt-get remove -y peagen-fabric 2>&1 | tail -n 3
+step "remove the package"
+if [ $kind = deb ]; then
+    in_box env DEBIAN_FRONTEND=noninteractive apt-get remove -y peagen-fabric 2>&1 | tail -n 3
+else
+    in_box rpm -e --nodeps peagen-fabric
+fi
 sleep 1
 # Services and scopes only: the implicit parent peagen.slice of
 # peagen-workers.slice stays "active" while empty, as any slice does.
@@ -184,10 +196,14 @@ st=$(in_box systemctl is-active peagen-workers.slice 2>&1 || true)
 [ "$st" != active ] && ok "peagen-workers.slice $st" || err "peagen-workers.slice still active"
 st=$(in_box systemctl is-active peagen-spawnerd.service 2>&1 || true)
 [ "$st" != active ] && ok "spawner $st" || err "spawner still active"
-in_box test ! -e /lib/systemd/system/peagen-spawnerd.service && ok "unit file removed" || err "unit file still installed"
-in_box test -e /etc/peagen/peagen.toml && ok "conffile kept until purge" || err "conffile gone on remove"
-in_box env DEBIAN_FRONTEND=noninteractive apt-get purge -y peagen-fabric > /dev/null 2>&1 || true
-in_box test ! -e /etc/peagen/peagen.toml && ok "purge removed the conffile" || err "conffile left after purge"
+in_box test ! -e /usr/lib/systemd/system/peagen-spawnerd.service && ok "unit file removed" || err "unit file still installed"
+if [ $kind = deb ]; then
+    in_box test -e /etc/peagen/peagen.toml && ok "conffile kept until purge" || err "conffile gone on remove"
+    in_box env DEBIAN_FRONTEND=noninteractive apt-get purge -y peagen-fabric > /dev/null 2>&1 || true
+    in_box test ! -e /etc/peagen/peagen.toml && ok "purge removed the conffile" || err "conffile left after purge"
+else
+    in_box test ! -e /etc/peagen/peagen.toml && ok "unmodified %config file removed with the package" || err "peagen.toml left after rpm -e"
+fi
 
 [ "$fail" = 0 ] && printf '\nbox-install: OK\n' || printf '\nbox-install: FAILED\n'
 exit "$fail"
