@@ -153,6 +153,36 @@ else
     err "no metrics endpoint"
 fi
 
+if [ $kind = deb ]; then
+    step "upgrade (same payload repacked as a newer version) and rollback"
+    rm -rf "$B/repack" && dpkg-deb -R "$DEB" "$B/repack"
+    old_ver=$(dpkg-deb -f "$DEB" Version); new_ver="$old_ver+upgradetest1"
+    sed -i "s/^Version: .*/Version: $new_ver/" "$B/repack/DEBIAN/control"
+    dpkg-deb --root-owner-group -b "$B/repack" "$B/up.deb" > /dev/null
+    "$BOX" install "$B" "$B/up.deb" /root/pkg/up.deb
+    # An admin edit of the conffile must survive the upgrade.
+    in_box sed -i 's/^#max = 32$/max = 8/' /etc/peagen/peagen.toml
+    pid_before=$(in_box systemctl show -p MainPID --value peagen-spawnerd)
+    workers_before=$(in_box systemctl list-units --no-legend --plain --state=active 'peagen-worker@*' | awk '{print $1}')
+    in_box sh -c 'cd /root/pkg && DEBIAN_FRONTEND=noninteractive apt-get install -y -o Dpkg::Options::=--force-confold ./up.deb' 2>&1 | tail -n 2
+    [ "$(in_box dpkg-query -W -f '${Version}' peagen-fabric)" = "$new_ver" ] && ok "upgraded to $new_ver" || err "upgrade did not install $new_ver"
+    pid_after=$(in_box systemctl show -p MainPID --value peagen-spawnerd)
+    [ "$(in_box systemctl is-enabled peagen-spawnerd)" = enabled ] && ok "still enabled after upgrade" || err "not enabled after upgrade"
+    [ "$(in_box systemctl is-active peagen-spawnerd)" = active ] && [ "$pid_after" != "$pid_before" ] && [ "$pid_after" != 0 ] \
+        && ok "spawner restarted by the upgrade (MainPID $pid_before -> $pid_after)" || err "spawner not restarted/active after upgrade ($pid_before -> $pid_after)"
+    in_box grep -qx 'max = 8' /etc/peagen/peagen.toml && ok "admin edit of peagen.toml kept" || err "peagen.toml edit lost on upgrade"
+    kept=0
+    for w in $workers_before; do
+        [ "$(in_box systemctl is-active "$w" 2>/dev/null)" = active ] && kept=$((kept + 1))
+    done
+    [ -z "$workers_before" ] || [ "$kept" -gt 0 ] && ok "running workers not restarted by the upgrade ($kept of $(echo $workers_before | wc -w) still active)" \
+        || err "upgrade stopped the running workers"
+    in_box sh -c 'cd /root/pkg && DEBIAN_FRONTEND=noninteractive apt-get install -y --allow-downgrades -o Dpkg::Options::=--force-confold "./$1"' \
+        apt "$(basename "$DEB")" 2>&1 | tail -n 1
+    [ "$(in_box dpkg-query -W -f '${Version}' peagen-fabric)" = "$old_ver" ] && ok "rolled back to $old_ver" || err "rollback failed"
+    [ "$(in_box systemctl is-active peagen-spawnerd)" = active ] && ok "spawner active after rollback" || err "spawner not active after rollback"
+fi
+
 step "the proposed worker property set runs a real worker"
 # units/peagen-worker-transient.reference.service under another name (a
 # peagen-worker@.service file would block the transient units), with the
