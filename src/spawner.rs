@@ -826,10 +826,11 @@ pub struct SpawnerCli {
 pub fn cli_main() -> i32 {
     use clap::Parser;
     let cli = SpawnerCli::parse();
-    let (cfg, rt) = match crate::telemetry::bootstrap("peagen-spawnerd", cli.config.as_deref()) {
-        Ok(x) => x,
-        Err(code) => return code,
-    };
+    let (cfg, rt) =
+        match crate::telemetry::bootstrap("peagen-spawnerd", cli.config.as_deref(), true) {
+            Ok(x) => x,
+            Err(code) => return code,
+        };
     let path = cli.config.or_else(|| {
         std::path::Path::new(crate::config::DEFAULT_PATH)
             .exists()

@@ -454,9 +454,13 @@ impl Worker {
         tokio::pin!(fut);
         let timeout = task.timeout_ms.map(Duration::from_millis);
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-        let mut hb = tokio::time::interval(HEARTBEAT);
-        hb.tick().await;
-        let mut wd = tokio::time::interval(Duration::from_secs(1));
+        // First ticks one period from now: an `interval`'s immediate first
+        // tick still goes through the timer wheel (1 ms resolution) and cost
+        // every task ~1 ms of idle waiting (see docs/benchmarks.md).
+        let now = tokio::time::Instant::now();
+        let mut hb = tokio::time::interval_at(now + HEARTBEAT, HEARTBEAT);
+        let wd_every = Duration::from_secs(1);
+        let mut wd = tokio::time::interval_at(now + wd_every, wd_every);
         let mut rx = self.shutdown.clone();
         let mut drain_deadline: Option<tokio::time::Instant> = None;
         if *rx.borrow() {
@@ -720,7 +724,11 @@ pub fn cli_main() -> i32 {
     if let Some(WorkerCmd::SandboxRun { args }) = cli.cmd {
         return crate::sandbox::run_cli(args);
     }
-    let (cfg, rt) = match crate::telemetry::bootstrap("peagen-worker", cli.config.as_deref()) {
+    // One thread: the consume loop is sequential and every handler is async
+    // (blocking work goes to spawn_blocking). A multi-thread runtime only
+    // added cross-thread wake-ups (futex/eventfd) to each Redis round trip.
+    let (cfg, rt) = match crate::telemetry::bootstrap("peagen-worker", cli.config.as_deref(), false)
+    {
         Ok(x) => x,
         Err(code) => return code,
     };
