@@ -183,33 +183,31 @@ if [ $kind = deb ]; then
     [ "$(in_box systemctl is-active peagen-spawnerd)" = active ] && ok "spawner active after rollback" || err "spawner not active after rollback"
 fi
 
-step "the proposed worker property set runs a real worker"
-# units/peagen-worker-transient.reference.service under another name (a
-# peagen-worker@.service file would block the transient units), with the
-# spawner and its workers stopped so that this worker takes the tasks.
+step "the proposed worker property set, as a transient unit over D-Bus, runs a real worker"
+# Every property of units/peagen-worker-transient.reference.service goes
+# through StartTransientUnit (systemd-run -p), as the spawner does; the Redis
+# URL comes from the worker drop-in installed above, which proves drop-ins
+# apply to transient instances. The spawner is stopped so this worker gets
+# the tasks.
 in_box systemctl stop peagen-spawnerd
 in_box systemctl stop 'peagen-worker@*.service' || true
-sed -e 's|^ExecStart=.*|ExecStart=/usr/bin/peagen-worker|' \
-    -e 's|^\[Service\]|[Service]\nEnvironmentFile=/etc/peagen/redis.env|' \
-    units/peagen-worker-transient.reference.service > "$B/refworker.service"
-"$BOX" install "$B" "$B/refworker.service" /etc/systemd/system/peagen-refworker@.service
-in_box systemctl daemon-reload
-if in_box timeout 60 systemctl start peagen-refworker@ref1.service; then
+props=()
+while IFS= read -r l; do props+=(-p "${l//%i/ref1}"); done < <(sed -n '/^\[Service\]/,$p' \
+    units/peagen-worker-transient.reference.service | grep -E '^[A-Z][A-Za-z]+=' | grep -v '^ExecStart=')
+if in_box timeout 60 systemd-run --unit=peagen-worker@ref1.service "${props[@]}" /usr/bin/peagen-worker; then
+    in_box systemctl show -p PrivateUsers,RestrictAddressFamilies,RestrictNamespaces,DynamicUser,Delegate peagen-worker@ref1.service | tr '\n' ' '; echo
     ref_ids=$(in_box env PEAGEN_REDIS_URL="$url" peagenctl push --kind echo --payload '{"ref":1}' --id ref-echo --count 2)
     got=0
     for id in $ref_ids; do
         r=$(in_box env PEAGEN_REDIS_URL="$url" peagenctl --json task get "$id" --wait 60 || true)
         printf '%s' "$r" | grep -q '"worker_id": *"ref1"' && printf '%s' "$r" | grep -q '"status": *"ok"' && got=$((got + 1))
     done
-    [ "$got" = 2 ] && ok "worker under the reference property set ran 2/2 tasks" \
-        || { err "reference worker ran $got/2 tasks"; in_box journalctl -u peagen-refworker@ref1 --no-pager -n 30 || true; }
+    [ "$got" = 2 ] && ok "transient worker with the reference property set ran 2/2 tasks" \
+        || { err "reference worker ran $got/2 tasks"; in_box journalctl -u peagen-worker@ref1 --no-pager -n 30 || true; }
 else
-    err "worker under the reference property set did not start"
-    in_box journalctl -u peagen-refworker@ref1 --no-pager -n 30 || true
+    err "StartTransientUnit with the reference property set failed"
 fi
-in_box systemctl stop peagen-refworker@ref1.service || true
-in_box rm -f /etc/systemd/system/peagen-refworker@.service
-in_box systemctl daemon-reload
+in_box systemctl stop peagen-worker@ref1.service || true
 
 step "remove the package"
 if [ $kind = deb ]; then
