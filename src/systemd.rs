@@ -306,10 +306,21 @@ const ALLOWED_NAMESPACES: u64 = (libc::CLONE_NEWUSER
     | libc::CLONE_NEWUTS
     | libc::CLONE_NEWCGROUP) as u64;
 const ALLOWED_NAMESPACE_NAMES: &str = "user mnt pid net ipc uts cgroup";
-/// Syscall groups denied to workers. Kept a deny list on purpose: the sandbox
-/// needs mount/pivot_root, unshare/setns, sethostname in its own UTS
-/// namespace, seccomp and landlock, which allow lists tend to miss.
-const DENIED_SYSCALL_GROUPS: [&str; 7] = [
+/// Syscalls allowed to workers: the service baseline plus what the sandbox
+/// needs to build itself (mount/pivot_root, seccomp, landlock, sethostname
+/// in its own UTS namespace; unshare/setns/clone are in @system-service).
+const ALLOWED_SYSCALLS: [&str; 8] = [
+    "@system-service",
+    "@mount",
+    "seccomp",
+    "landlock_create_ruleset",
+    "landlock_add_rule",
+    "landlock_restrict_self",
+    "sethostname",
+    "setdomainname",
+];
+/// Then denied again, even where the groups above overlap.
+const DENIED_SYSCALL_GROUPS: [&str; 8] = [
     "@clock",
     "@cpu-emulation",
     "@debug",
@@ -317,8 +328,12 @@ const DENIED_SYSCALL_GROUPS: [&str; 7] = [
     "@obsolete",
     "@raw-io",
     "@reboot",
+    "@swap",
 ];
-const ADDRESS_FAMILIES: [&str; 4] = ["AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"];
+/// No AF_NETLINK: tasks inherit this, and netlink from an unprivileged
+/// namespace is how the nf_tables privilege escalations got in. The sandbox
+/// brings its loopback up with an ioctl instead.
+const ADDRESS_FAMILIES: [&str; 3] = ["AF_UNIX", "AF_INET", "AF_INET6"];
 
 /// Boolean hardening settings applied when `hardening = true`. Deliberately
 /// absent: ProtectProc/ProcSubset/ProtectKernelTunables/ProtectKernelLogs
@@ -336,7 +351,14 @@ fn hardening_bools(cfg: &WorkerUnitConfig) -> Vec<(&'static str, bool)> {
         ("RestrictRealtime", true),
         ("RestrictSUIDSGID", true),
         ("LockPersonality", true),
+        ("PrivateMounts", true),
+        ("PrivateIPC", true),
     ];
+    // An unprivileged worker gets its own user namespace (it can still nest
+    // the sandbox's); a root worker keeps real root for cgroup v1 limits.
+    if cfg.dynamic_user || !cfg.user.is_empty() {
+        v.push(("PrivateUsers", true));
+    }
     // A delegated cgroup subtree must stay writable.
     if !cfg.delegate {
         v.push(("ProtectControlGroups", true));
@@ -415,6 +437,16 @@ pub fn worker_properties(
         put(
             "SystemCallFilter",
             var((
+                true,
+                ALLOWED_SYSCALLS
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>(),
+            ))?,
+        );
+        put(
+            "SystemCallFilter",
+            var((
                 false,
                 DENIED_SYSCALL_GROUPS
                     .iter()
@@ -422,6 +454,8 @@ pub fn worker_properties(
                     .collect::<Vec<_>>(),
             ))?,
         );
+        // EPERM rather than SIGSYS: a denied call fails like any refused one.
+        put("SystemCallErrorNumber", var(libc::EPERM)?);
         put("SystemCallArchitectures", var(vec!["native".to_string()])?);
         put(
             "RestrictAddressFamilies",
@@ -514,10 +548,12 @@ pub fn render_worker_unit(cfg: &WorkerUnitConfig) -> String {
         line("ProtectHome", "yes");
         line("UMask", "0077");
         line("RestrictNamespaces", ALLOWED_NAMESPACE_NAMES);
+        line("SystemCallFilter", &ALLOWED_SYSCALLS.join(" "));
         line(
             "SystemCallFilter",
             &format!("~{}", DENIED_SYSCALL_GROUPS.join(" ")),
         );
+        line("SystemCallErrorNumber", "EPERM");
         line("SystemCallArchitectures", "native");
         line("RestrictAddressFamilies", &ADDRESS_FAMILIES.join(" "));
         if cfg.dynamic_user || !cfg.user.is_empty() {
