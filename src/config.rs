@@ -215,6 +215,10 @@ pub struct SandboxConfig {
     /// Parent cgroup (v2 path below /sys/fs/cgroup, or v1 name) for tasks;
     /// empty = detect (the worker's own delegated cgroup, else `peagen`).
     pub cgroup_parent: String,
+    /// Host uid/gid the sandbox's uid/gid 0 maps to when the worker runs as
+    /// root (an unprivileged worker always maps its own ids).
+    pub uid: u32,
+    pub gid: u32,
 }
 
 impl Default for SandboxConfig {
@@ -242,6 +246,8 @@ impl Default for SandboxConfig {
             .collect(),
             python: PathBuf::from("/usr/bin/python3"),
             cgroup_parent: String::new(),
+            uid: 65534,
+            gid: 65534,
         }
     }
 }
