@@ -50,6 +50,7 @@ pub struct Fixed {
     root_opts: CString,
     ops: Vec<Op>,
     made_dirs: Vec<PathBuf>,
+    bound: Vec<PathBuf>,
     work_dst: CString,
     proc_dst: CString,
     seccomp: Vec<BpfProgram>,
@@ -95,15 +96,22 @@ fn remount_flags(src: &Path) -> c_ulong {
 
 /// Append the ops that bind `src` read-only at the same path below
 /// `staging`; `made` tracks directories already created.
-fn bind_ops(staging: &Path, src: &Path, ops: &mut Vec<Op>, made: &mut Vec<PathBuf>) {
+fn bind_ops(
+    staging: &Path,
+    src: &Path,
+    ops: &mut Vec<Op>,
+    made: &mut Vec<PathBuf>,
+    bound: &mut Vec<PathBuf>,
+) {
     let Ok(meta) = std::fs::symlink_metadata(src) else {
         return; // missing binds are skipped (documented)
     };
-    let rel = src.strip_prefix("/").unwrap_or(src);
-    let dst = staging.join(rel);
-    if made.contains(&dst) {
+    // Already visible through a bind of itself or of an ancestor.
+    if bound.iter().any(|b| src.starts_with(b)) {
         return;
     }
+    let rel = src.strip_prefix("/").unwrap_or(src);
+    let dst = staging.join(rel);
     if let Some(parent) = dst.parent() {
         mkdir_p(staging, parent, ops, made);
     }
@@ -114,15 +122,19 @@ fn bind_ops(staging: &Path, src: &Path, ops: &mut Vec<Op>, made: &mut Vec<PathBu
                 link: c(&dst),
             });
             made.push(dst);
+            bound.push(src.to_path_buf());
         }
         return;
     }
-    if meta.is_dir() {
-        ops.push(Op::Mkdir(c(&dst)));
-    } else {
-        ops.push(Op::Touch(c(&dst)));
+    if !made.contains(&dst) {
+        if meta.is_dir() {
+            ops.push(Op::Mkdir(c(&dst)));
+        } else {
+            ops.push(Op::Touch(c(&dst)));
+        }
+        made.push(dst.clone());
     }
-    made.push(dst.clone());
+    bound.push(src.to_path_buf());
     ops.push(Op::Bind {
         src: c(src),
         dst: c(&dst),
@@ -180,8 +192,12 @@ impl Fixed {
             .ok_or("sandbox: no staging directory (/mnt, /media, /srv, /opt or /tmp) exists")?;
         let mut ops = Vec::new();
         let mut made = Vec::new();
-        for s in &srcs {
-            bind_ops(staging, s, &mut ops, &mut made);
+        let mut bound = Vec::new();
+        // Parents before children, so a child of a bound dir is skipped.
+        let mut sorted = srcs.clone();
+        sorted.sort_by_key(|p| p.components().count());
+        for s in &sorted {
+            bind_ops(staging, s, &mut ops, &mut made, &mut bound);
         }
         let dev = staging.join("dev");
         mkdir_p(staging, &dev, &mut ops, &mut made);
@@ -244,6 +260,7 @@ impl Fixed {
             root_opts: c(Path::new("size=1m,nr_inodes=4096,mode=0755")),
             ops,
             made_dirs: made,
+            bound,
             work_dst: c(&work),
             proc_dst: c(&proc_),
             seccomp: filter::programs(filter::FilterOptions::default())?,
@@ -363,11 +380,16 @@ unsafe fn child_main(p: &Plan) -> ! {
             libc::_exit(120); // parent gave up
         }
         check!(libc::unshare(libc::CLONE_NEWCGROUP), 1);
+        // Raw syscalls: glibc's set*id wrappers broadcast to the threads
+        // the parent had, which do not exist here, and would hang.
         if f.privileged {
-            check!(libc::setgroups(0, std::ptr::null()), 2);
+            check!(
+                libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) as c_int,
+                2
+            );
         }
-        check!(libc::setresgid(0, 0, 0), 3);
-        check!(libc::setresuid(0, 0, 0), 4);
+        check!(libc::syscall(libc::SYS_setresgid, 0, 0, 0) as c_int, 3);
+        check!(libc::syscall(libc::SYS_setresuid, 0, 0, 0) as c_int, 4);
 
         // Mounts.
         let null = std::ptr::null::<c_char>();
@@ -558,6 +580,11 @@ unsafe fn child_main(p: &Plan) -> ! {
             18
         );
         check!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 19);
+        // The reaper's memory is a copy of the worker's (environment,
+        // secrets): not dumpable = /proc/1/{environ,mem,...} and ptrace need
+        // CAP_SYS_PTRACE, which nobody in here has. execve of the user
+        // program resets this for the user process only.
+        check!(libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0), 19);
 
         // Landlock (best effort when the kernel has none: abi == 0).
         if f.landlock_abi > 0 {
@@ -817,9 +844,10 @@ fn plan<'a>(
     let staging = Path::new(std::ffi::OsStr::from_bytes(f.staging.as_bytes()));
     let mut extra_ops = Vec::new();
     let mut made = f.made_dirs.clone();
+    let mut bound = f.bound.clone();
     for b in &req.extra_ro_binds {
         if b.is_absolute() && !b.starts_with(staging) && b != Path::new("/") {
-            bind_ops(staging, b, &mut extra_ops, &mut made);
+            bind_ops(staging, b, &mut extra_ops, &mut made, &mut bound);
         }
     }
 
@@ -941,6 +969,16 @@ pub fn run(sb: &Sandbox, req: &Request) -> Verdict {
     let pid = pid as i32;
     let pidfd = Fd(pidfd);
     drop((out_w, err_w, status_w, sync_r, stdin));
+    // Non-blocking reads: a sibling sandbox cloned concurrently may hold a
+    // copy of our write ends until its own close_range, so EOF is not
+    // guaranteed right after our task ends; EAGAIN then means "all read".
+    for fd in [out_r.0, err_r.0, status_r.0] {
+        // SAFETY: fcntl flags on our own fds.
+        unsafe {
+            let fl = libc::fcntl(fd, libc::F_GETFL);
+            libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
+        }
+    }
 
     // Id maps, cgroups, release.
     let setup = (|| -> Result<u8, String> {
@@ -1074,13 +1112,10 @@ pub fn run(sb: &Sandbox, req: &Request) -> Verdict {
     // SAFETY: wait4 on our own child with valid out-pointers.
     unsafe { libc::wait4(pid, &mut status, libc::__WALL, &mut ru) };
     let wall_ms = start.elapsed().as_secs_f64() * 1000.0;
-    // Remaining output: every writer is dead, so these reads reach EOF.
-    while out.open {
-        out.read();
-    }
-    while err.open {
-        err.read();
-    }
+    // Remaining output: every writer of the task is dead, so what is in
+    // the pipes is all there is (read until EOF or EAGAIN).
+    while out.open && out.read() {}
+    while err.open && err.read() {}
     let mut msgs = [0i32; 12];
     // SAFETY: read into a stack buffer from our pipe (writers are gone).
     let n = unsafe { libc::read(status_r.0, msgs.as_mut_ptr() as *mut c_void, 48) };
@@ -1247,19 +1282,21 @@ impl Capture {
         }
     }
 
-    fn read(&mut self) {
+    /// One read; false when nothing more is available right now.
+    fn read(&mut self) -> bool {
         let mut chunk = [0u8; 65536];
         // SAFETY: read into a stack buffer of the given size.
         let n = unsafe { libc::read(self.fd.0, chunk.as_mut_ptr() as *mut c_void, chunk.len()) };
         if n < 0 {
-            if errno() != libc::EINTR && errno() != libc::EAGAIN {
+            let e = errno();
+            if e != libc::EINTR && e != libc::EAGAIN {
                 self.open = false;
             }
-            return;
+            return e == libc::EINTR;
         }
         if n == 0 {
             self.open = false;
-            return;
+            return false;
         }
         let n = n as usize;
         let room = self.cap.saturating_sub(self.buf.len());
@@ -1267,6 +1304,7 @@ impl Capture {
             self.over = true;
         }
         self.buf.extend_from_slice(&chunk[..n.min(room)]);
+        true
     }
 }
 
