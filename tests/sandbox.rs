@@ -531,3 +531,40 @@ fn parallel_runs_do_not_interfere() {
         h.join().unwrap();
     }
 }
+
+/// Two concurrent tasks cannot talk over abstract unix sockets, whether
+/// they share the pre-made empty netns (landlock scoping) or not.
+#[test]
+fn concurrent_tasks_cannot_connect_to_each_other() {
+    let name = format!("peagen-peer-{}", std::process::id());
+    let sb = std::sync::Arc::new(sandbox(|c| c.wall_ms = 4_000));
+    let a = {
+        let sb = sb.clone();
+        let src = format!(
+            "import socket, time\ns = socket.socket(socket.AF_UNIX)\ns.bind('\\0{name}')\n\
+             s.listen(5)\ns.settimeout(3.5)\ntry:\n    s.accept(); print('accepted')\n\
+             except OSError: print('no-connection')\n"
+        );
+        std::thread::spawn(move || sb.run(&Request::new(["/usr/bin/python3", "-c", &src])))
+    };
+    let src = format!(
+        "import socket, time, errno\nfor i in range(70):\n    s = socket.socket(socket.AF_UNIX)\n    \
+         try:\n        s.bind('\\0{name}')\n        s.close(); time.sleep(0.05); continue\n    \
+         except OSError as e:\n        if e.errno != errno.EADDRINUSE: raise\n    \
+         c = socket.socket(socket.AF_UNIX)\n    try:\n        c.connect('\\0{name}'); print('connect OK')\n    \
+         except OSError as e:\n        print('connect', errno.errorcode[e.errno])\n    break\n\
+         else:\n    print('no-peer')\n"
+    );
+    let b = sb.run(&Request::new(["/usr/bin/python3", "-c", &src]));
+    let a = a.join().unwrap();
+    assert_eq!(b.status, Status::Ok, "{b:?}");
+    assert!(!a.stdout.contains("accepted"), "{a:?}");
+    let shared = b.isolation.namespaces.iter().any(|n| n.contains("shared"));
+    if shared {
+        // Same abstract namespace (bind collides), but landlock's scope
+        // refuses the connection.
+        assert_eq!(b.stdout, "connect EPERM\n", "{b:?}");
+    } else {
+        assert_eq!(b.stdout, "no-peer\n", "{b:?}");
+    }
+}

@@ -295,10 +295,22 @@ impl Sandbox {
 
     fn isolation(&self) -> Isolation {
         Isolation {
-            namespaces: ["user", "pid", "mount", "net", "ipc", "uts", "cgroup"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
+            namespaces: [
+                "user",
+                "pid",
+                "mount",
+                if self.fixed.shared_net.is_some() {
+                    "net (shared empty)"
+                } else {
+                    "net"
+                },
+                "ipc",
+                "uts",
+                "cgroup",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
             host_uid: self.fixed.host_uid,
             landlock_abi: self.fixed.landlock_abi,
             seccomp: true,

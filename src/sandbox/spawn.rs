@@ -55,6 +55,8 @@ pub struct Fixed {
     proc_dst: CString,
     seccomp: Vec<BpfProgram>,
     pub landlock_abi: u32,
+    /// (empty netns, the process's own netns) when tasks share one.
+    pub shared_net: Option<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)>,
     last_cap: c_int,
     pub host_uid: u32,
     host_gid: u32,
@@ -174,6 +176,22 @@ fn landlock_abi() -> u32 {
     }
 }
 
+/// Create an empty network namespace (on a short-lived thread, so no
+/// other thread changes namespace) and return (it, our own netns).
+fn make_empty_netns() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd), String> {
+    let own = std::fs::File::open("/proc/self/ns/net")
+        .map_err(|e| format!("sandbox: open /proc/self/ns/net: {e}"))?;
+    let empty = std::thread::spawn(|| -> Result<std::fs::File, String> {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| format!("sandbox: unshare(CLONE_NEWNET): {e}"))?;
+        std::fs::File::open("/proc/thread-self/ns/net")
+            .map_err(|e| format!("sandbox: open netns: {e}"))
+    })
+    .join()
+    .map_err(|_| "sandbox: netns thread panicked".to_string())??;
+    Ok((empty.into(), own.into()))
+}
+
 impl Fixed {
     pub fn new(cfg: &SandboxConfig) -> Result<Fixed, String> {
         let srcs: Vec<&Path> = cfg.ro_binds.iter().map(PathBuf::as_path).collect();
@@ -270,6 +288,11 @@ impl Fixed {
             host_gid,
             privileged,
             ll_rules,
+            shared_net: if cfg.shared_netns && privileged && abi >= 6 {
+                Some(make_empty_netns()?)
+            } else {
+                None
+            },
         })
     }
 }
@@ -936,14 +959,28 @@ pub fn run(sb: &Sandbox, req: &Request) -> Verdict {
 
     let start = Instant::now();
     let mut pidfd: c_int = -1;
-    let flags = (libc::CLONE_NEWUSER
+    let mut flags = (libc::CLONE_NEWUSER
         | libc::CLONE_NEWPID
         | libc::CLONE_NEWNS
-        | libc::CLONE_NEWNET
         | libc::CLONE_NEWIPC
         | libc::CLONE_NEWUTS
         | libc::CLONE_PIDFD) as c_ulong
         | libc::SIGCHLD as c_ulong;
+    // A shared empty netns must be joined before the user namespace is
+    // created (setns from inside the new userns is EPERM): this thread
+    // joins it for the clone and returns to the process's netns at once.
+    use std::os::fd::AsRawFd;
+    match &sb.fixed.shared_net {
+        Some((empty, _)) => {
+            // SAFETY: setns of this thread's netns to a namespace fd we own.
+            if unsafe { libc::setns(empty.as_raw_fd(), libc::CLONE_NEWNET) } < 0 {
+                let e = std::io::Error::last_os_error();
+                cg.remove();
+                return internal(format!("setns(shared netns): {e}"), limits);
+            }
+        }
+        None => flags |= libc::CLONE_NEWNET as c_ulong,
+    }
     // SAFETY: raw clone without a new stack behaves like fork: the child
     // runs on a copy of this stack and only executes `child_main`, which
     // never returns and uses only async-signal-safe calls on `plan`.
@@ -960,6 +997,18 @@ pub fn run(sb: &Sandbox, req: &Request) -> Verdict {
     if pid == 0 {
         // SAFETY: we are the new child; see child_main's contract.
         unsafe { child_main(&plan) }
+    }
+    if let Some((_, own)) = &sb.fixed.shared_net {
+        // SAFETY: back to the process's own netns (fd we own).
+        if unsafe { libc::setns(own.as_raw_fd(), libc::CLONE_NEWNET) } < 0 {
+            // A worker thread left in the empty netns would break later
+            // network use in ways that are hard to see: stop loudly.
+            eprintln!(
+                "sandbox: cannot return to the worker's network namespace: {}",
+                std::io::Error::last_os_error()
+            );
+            std::process::abort();
+        }
     }
     if pid < 0 {
         let e = std::io::Error::last_os_error();
