@@ -38,11 +38,12 @@ fn main() {
     let v = sb.run(&req);
     assert_eq!(v.status, Status::Ok, "{v:?}");
     println!(
-        "sandbox mechanisms: memory={:?} pids={:?} cpu={:?} landlock_abi={}",
+        "sandbox mechanisms: memory={:?} pids={:?} cpu={:?} landlock_abi={} namespaces={:?}",
         v.limits.memory_bytes.mechanism,
         v.limits.pids.mechanism,
         v.limits.cpu_ms.mechanism,
-        v.isolation.landlock_abi
+        v.isolation.landlock_abi,
+        v.isolation.namespaces
     );
 
     let mut rows: Vec<(&str, Vec<f64>)> = Vec::new();
@@ -59,12 +60,46 @@ fn main() {
             assert_eq!(v.status, Status::Ok, "{v:?}");
         }),
     ));
+    let private = Sandbox::new(&SandboxConfig {
+        shared_netns: false,
+        ..Default::default()
+    })
+    .expect("sandbox");
+    rows.push((
+        "peagen sandbox, own netns per task",
+        time(n, || {
+            let v = private.run(&req);
+            assert_eq!(v.status, Status::Ok, "{v:?}");
+        }),
+    ));
     let bwrap = [
-        "--unshare-all", "--die-with-parent", "--ro-bind", "/usr", "/usr",
-        "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
-        "--symlink", "usr/bin", "/bin", "--symlink", "usr/sbin", "/sbin",
-        "--ro-bind", "/etc/ssl", "/etc/ssl", "--proc", "/proc", "--dev", "/dev",
-        "--tmpfs", "/tmp", "/bin/true",
+        "--unshare-all",
+        "--die-with-parent",
+        "--ro-bind",
+        "/usr",
+        "/usr",
+        "--symlink",
+        "usr/lib",
+        "/lib",
+        "--symlink",
+        "usr/lib64",
+        "/lib64",
+        "--symlink",
+        "usr/bin",
+        "/bin",
+        "--symlink",
+        "usr/sbin",
+        "/sbin",
+        "--ro-bind",
+        "/etc/ssl",
+        "/etc/ssl",
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--tmpfs",
+        "/tmp",
+        "/bin/true",
     ];
     if std::path::Path::new("/usr/bin/bwrap").exists() {
         rows.push((

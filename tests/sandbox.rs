@@ -10,8 +10,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 fn sandbox(f: impl FnOnce(&mut SandboxConfig)) -> Sandbox {
-    let mut cfg = SandboxConfig::default();
-    cfg.wall_ms = 20_000;
+    let mut cfg = SandboxConfig {
+        wall_ms: 20_000,
+        ..Default::default()
+    };
     f(&mut cfg);
     Sandbox::new(&cfg).expect("sandbox config")
 }
@@ -72,7 +74,11 @@ fn stdin_files_and_env_from_scratch() {
     assert!(v.stdout.ends_with("/work\n"));
     // Nothing of this process's environment (cargo sets CARGO_* for tests).
     assert!(std::env::vars().any(|(k, _)| k.starts_with("CARGO")));
-    assert!(!v.stdout.contains("CARGO"), "worker env leaked: {}", v.stdout);
+    assert!(
+        !v.stdout.contains("CARGO"),
+        "worker env leaked: {}",
+        v.stdout
+    );
     let mut bad = Request::new(["/bin/true"]);
     bad.files.insert("../escape".into(), vec![]);
     assert_eq!(sb.run(&bad).status, Status::RuntimeError);
@@ -100,7 +106,10 @@ fn fork_bomb_is_capped_by_pids_limit() {
         "i=0; while sleep 1000 & do i=$((i+1)); echo $i; [ $i -ge 3000 ] && break; done; echo end",
     );
     assert!(
-        matches!(v.limits.pids.mechanism, Mechanism::CgroupV1 | Mechanism::CgroupV2 | Mechanism::Rlimit),
+        matches!(
+            v.limits.pids.mechanism,
+            Mechanism::CgroupV1 | Mechanism::CgroupV2 | Mechanism::Rlimit
+        ),
         "{v:?}"
     );
     let forks: u64 = v
@@ -122,8 +131,16 @@ fn memory_bomb_is_contained() {
         "-c",
         "b=[]\nwhile True: b.append(b'x' * (8 << 20)); print(len(b), flush=True)",
     ]));
-    let chunks: u64 = v.stdout.lines().filter_map(|l| l.parse().ok()).max().unwrap_or(0);
-    assert!(chunks < 12, "allocated {chunks} x 8 MiB under a 96 MiB limit: {v:?}");
+    let chunks: u64 = v
+        .stdout
+        .lines()
+        .filter_map(|l| l.parse().ok())
+        .max()
+        .unwrap_or(0);
+    assert!(
+        chunks < 12,
+        "allocated {chunks} x 8 MiB under a 96 MiB limit: {v:?}"
+    );
     match v.limits.memory_bytes.mechanism {
         Mechanism::CgroupV1 | Mechanism::CgroupV2 => {
             assert_eq!(v.status, Status::MemoryLimit, "{v:?}");
@@ -147,7 +164,10 @@ fn cpu_spin_hits_cpu_limit() {
     });
     let v = sh_in(&sb, "while :; do :; done");
     assert_eq!(v.status, Status::Timeout, "{v:?}");
-    assert!(v.message.contains("CPU"), "must be the CPU limit, not the wall clock: {v:?}");
+    assert!(
+        v.message.contains("CPU"),
+        "must be the CPU limit, not the wall clock: {v:?}"
+    );
 }
 
 #[test]
@@ -258,11 +278,7 @@ t("unix_abstract", unix_abstract)
     );
     let v = py(&src);
     assert_eq!(v.status, Status::Ok, "{v:?}");
-    let res: BTreeMap<&str, &str> = v
-        .stdout
-        .lines()
-        .filter_map(|l| l.split_once(' '))
-        .collect();
+    let res: BTreeMap<&str, &str> = v.stdout.lines().filter_map(|l| l.split_once(' ')).collect();
     assert_eq!(res.len(), 9, "{v:?}");
     for (name, r) in &res {
         assert_ne!(*r, "OK", "{name} reached something: {v:?}");
@@ -288,7 +304,10 @@ fn host_secrets_are_unreadable() {
     // Even with /etc bound in, the mapped uid has no access to shadow.
     if Path::new("/etc/shadow").exists() {
         let sb = sandbox(|c| c.ro_binds.push("/etc".into()));
-        let v = sh_in(&sb, "test -e /etc/shadow && echo present; cat /etc/shadow; echo rc=$?");
+        let v = sh_in(
+            &sb,
+            "test -e /etc/shadow && echo present; cat /etc/shadow; echo rc=$?",
+        );
         assert!(v.stdout.contains("present"), "{v:?}");
         assert!(v.stdout.contains("rc=1"), "{v:?}");
         assert!(v.stderr.contains("Permission denied"), "{v:?}");
@@ -297,14 +316,12 @@ fn host_secrets_are_unreadable() {
 
 #[test]
 fn writes_outside_the_work_dir_fail() {
-    let v = sh(
-        "for p in /x /usr/x /etc/x /dev/x /proc/x /bin/x; do \
+    let v = sh("for p in /x /usr/x /etc/x /dev/x /proc/x /bin/x; do \
            touch $p 2>/dev/null && echo wrote $p; done; \
          mkdir /newdir 2>/dev/null && echo made dir; \
          echo 1 > /proc/sys/kernel/hostname 2>/dev/null && echo sysctl; \
          touch /work/ok && echo work-ok; touch /tmp/ok2 && echo tmp-ok; \
-         echo x > /dev/null && echo devnull-ok",
-    );
+         echo x > /dev/null && echo devnull-ok");
     assert_eq!(v.status, Status::Ok, "{v:?}");
     assert_eq!(v.stdout, "work-ok\ntmp-ok\ndevnull-ok\n", "{v:?}");
 }
@@ -415,7 +432,10 @@ fn no_capabilities_and_setuid_gains_nothing() {
     let v = sh("/usr/bin/su -c 'echo PWNED' root </dev/null; echo rc=$?");
     assert!(!v.stdout.contains("PWNED"), "{v:?}");
     // A setuid helper that reports its own credentials.
-    let dir = tempfile::Builder::new().prefix("peagen-suid").tempdir_in("/var/tmp").unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("peagen-suid")
+        .tempdir_in("/var/tmp")
+        .unwrap();
     let c = dir.path().join("creds.c");
     std::fs::write(
         &c,
@@ -455,7 +475,10 @@ fn leaked_descriptors_are_closed() {
     assert_eq!(v.status, Status::Ok, "{v:?}");
     assert!(!v.stdout.contains("LEAK"), "{v:?}");
     let fds: Vec<&str> = v.stdout.lines().collect();
-    assert!(fds.iter().all(|f| ["0", "1", "2", "3", "10"].contains(f)), "{v:?}");
+    assert!(
+        fds.iter().all(|f| ["0", "1", "2", "3", "10"].contains(f)),
+        "{v:?}"
+    );
 }
 
 #[test]

@@ -53,10 +53,14 @@ async fn user_failures_are_not_retryable() {
     assert_eq!(o.data["verdict"]["status"], "runtime_error");
     assert_eq!(o.data["verdict"]["exit_code"], 4);
 
-    let o = run(json!({"child_src": "def f():\n    raise ValueError('boom')\n", "entry_fn": "f"})).await;
+    let o = run(json!({"child_src": "def f():\n    raise ValueError('boom')\n", "entry_fn": "f"}))
+        .await;
     assert_eq!(o.status, Status::Error);
     assert!(!o.retryable);
-    assert!(o.data["verdict"]["stderr"].as_str().unwrap().contains("boom"));
+    assert!(o.data["verdict"]["stderr"]
+        .as_str()
+        .unwrap()
+        .contains("boom"));
 
     let o = run(json!({"argv": ["/bin/sleep", "30"], "limits": {"wall_ms": 200}})).await;
     assert_eq!(o.data["verdict"]["status"], "timeout", "{o:?}");

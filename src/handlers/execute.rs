@@ -127,8 +127,7 @@ fn request(cfg: &SandboxConfig, task: &Task) -> Result<(Request, bool), String> 
         }
         _ => {
             return Err(
-                "bad execute payload: give either `argv` or both `child_src` and `entry_fn`"
-                    .into(),
+                "bad execute payload: give either `argv` or both `child_src` and `entry_fn`".into(),
             )
         }
     };
@@ -217,11 +216,17 @@ mod tests {
     #[test]
     fn payload_forms() {
         let cfg = SandboxConfig::default();
-        let t = Task::new("execute", json!({"argv": ["/bin/true"], "files": {"a.txt": "x"}}));
+        let t = Task::new(
+            "execute",
+            json!({"argv": ["/bin/true"], "files": {"a.txt": "x"}}),
+        );
         let (r, proto) = request(&cfg, &t).unwrap();
         assert!(!proto);
         assert_eq!(r.files["a.txt"], b"x");
-        let t = Task::new("execute", json!({"child_src": "def f(): return 1", "entry_fn": "f"}));
+        let t = Task::new(
+            "execute",
+            json!({"child_src": "def f(): return 1", "entry_fn": "f"}),
+        );
         let (r, proto) = request(&cfg, &t).unwrap();
         assert!(proto);
         assert_eq!(r.argv.last().unwrap(), "f");

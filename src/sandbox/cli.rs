@@ -138,8 +138,10 @@ mod tests {
     #[test]
     fn parses_flags() {
         let a = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
-        let (cfg, req, json) =
-            parse(a("--memory 1000000 --pids 9 --wall-ms 50 --json -- /bin/echo hi")).unwrap();
+        let (cfg, req, json) = parse(a(
+            "--memory 1000000 --pids 9 --wall-ms 50 --json -- /bin/echo hi",
+        ))
+        .unwrap();
         assert_eq!(cfg.memory_bytes, 1_000_000);
         assert_eq!(cfg.pids, 9);
         assert_eq!(cfg.wall_ms, 50);

@@ -38,10 +38,19 @@ use std::time::Instant;
 enum Op {
     Mkdir(CString),
     Touch(CString),
-    Symlink { target: CString, link: CString },
-    Bind { src: CString, dst: CString },
+    Symlink {
+        target: CString,
+        link: CString,
+    },
+    Bind {
+        src: CString,
+        dst: CString,
+    },
     /// Read-only remount of a bind, with the source's locked flags kept.
-    Remount { dst: CString, flags: c_ulong },
+    Remount {
+        dst: CString,
+        flags: c_ulong,
+    },
 }
 
 /// The parts of the plan that do not depend on the request.
@@ -328,30 +337,30 @@ const TAG_EXIT: i32 = 3;
 
 /// Set-up steps, named in `internal_error` messages.
 const STEPS: &[&str] = &[
-    "release",            // 0
-    "unshare cgroupns",   // 1
-    "setgroups",          // 2
-    "setresgid",          // 3
-    "setresuid",          // 4
-    "make mounts private", // 5
-    "mount root tmpfs",   // 6
-    "build root",         // 7
-    "mount work tmpfs",   // 8
-    "mount /proc",        // 9
-    "pivot_root",         // 10
-    "remount root read-only", // 11
-    "write files",        // 12
-    "chdir /work",        // 13
-    "setrlimit",          // 14
-    "securebits",         // 15
-    "drop bounding set",  // 16
+    "release",                    // 0
+    "unshare cgroupns",           // 1
+    "setgroups",                  // 2
+    "setresgid",                  // 3
+    "setresuid",                  // 4
+    "make mounts private",        // 5
+    "mount root tmpfs",           // 6
+    "build root",                 // 7
+    "mount work tmpfs",           // 8
+    "mount /proc",                // 9
+    "pivot_root",                 // 10
+    "remount root read-only",     // 11
+    "write files",                // 12
+    "chdir /work",                // 13
+    "setrlimit",                  // 14
+    "securebits",                 // 15
+    "drop bounding set",          // 16
     "clear ambient capabilities", // 17
-    "capset",             // 18
-    "no_new_privs",       // 19
-    "landlock",           // 20
-    "seccomp",            // 21
-    "file descriptors",   // 22
-    "fork",               // 23
+    "capset",                     // 18
+    "no_new_privs",               // 19
+    "landlock",                   // 20
+    "seccomp",                    // 21
+    "file descriptors",           // 22
+    "fork",                       // 23
 ];
 const STEP_FILES: i32 = 12;
 
@@ -407,7 +416,8 @@ unsafe fn child_main(p: &Plan) -> ! {
         // the parent had, which do not exist here, and would hang.
         if f.privileged {
             check!(
-                libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) as c_int,
+                libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>())
+                    as c_int,
                 2
             );
         }
@@ -440,7 +450,11 @@ unsafe fn child_main(p: &Plan) -> ! {
             let r = match op {
                 Op::Mkdir(d) => libc::mkdir(d.as_ptr(), 0o755),
                 Op::Touch(d) => {
-                    let fd = libc::open(d.as_ptr(), libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC, 0o644);
+                    let fd = libc::open(
+                        d.as_ptr(),
+                        libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
+                        0o644,
+                    );
                     if fd >= 0 {
                         libc::close(fd);
                     }
@@ -492,8 +506,11 @@ unsafe fn child_main(p: &Plan) -> ! {
                 null,
                 c"/".as_ptr(),
                 null,
-                (libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV)
-                    as c_ulong,
+                (libc::MS_REMOUNT
+                    | libc::MS_BIND
+                    | libc::MS_RDONLY
+                    | libc::MS_NOSUID
+                    | libc::MS_NODEV) as c_ulong,
                 std::ptr::null()
             ),
             11
@@ -541,11 +558,11 @@ unsafe fn child_main(p: &Plan) -> ! {
             check!(setrl(res, soft, hard), 14);
         }
         if rel[0] & REL_MEMORY_CG == 0 {
-            check!(setrl(libc::RLIMIT_AS as u32, p.rlimit_as, p.rlimit_as), 14);
+            check!(setrl(libc::RLIMIT_AS, p.rlimit_as, p.rlimit_as), 14);
         }
         if rel[0] & REL_PIDS_CG == 0 {
             check!(
-                setrl(libc::RLIMIT_NPROC as u32, p.rlimit_nproc, p.rlimit_nproc),
+                setrl(libc::RLIMIT_NPROC, p.rlimit_nproc, p.rlimit_nproc),
                 14
             );
         }
@@ -677,7 +694,11 @@ unsafe fn child_main(p: &Plan) -> ! {
         if a < 0 || b < 0 || cc < 0 || s < 0 {
             fail(st, 22);
         }
-        if libc::dup2(a, 0) < 0 || libc::dup2(b, 1) < 0 || libc::dup2(cc, 2) < 0 || libc::dup2(s, 3) < 0 {
+        if libc::dup2(a, 0) < 0
+            || libc::dup2(b, 1) < 0
+            || libc::dup2(cc, 2) < 0
+            || libc::dup2(s, 3) < 0
+        {
             fail(s, 22);
         }
         check!(libc::fcntl(3, libc::F_SETFD, libc::FD_CLOEXEC), 22);
@@ -686,7 +707,14 @@ unsafe fn child_main(p: &Plan) -> ! {
         }
         let st = 3;
 
-        let pid = libc::syscall(libc::SYS_clone, libc::SIGCHLD as c_ulong, 0usize, 0usize, 0usize, 0usize);
+        let pid = libc::syscall(
+            libc::SYS_clone,
+            libc::SIGCHLD as c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        );
         if pid < 0 {
             fail(st, 23);
         }
@@ -837,7 +865,12 @@ fn plan<'a>(
         env["PATH"]
             .split(':')
             .filter(|d| d.starts_with('/'))
-            .map(|d| cstr(&format!("{}/{}", d.trim_end_matches('/'), req.argv[0]), "argv"))
+            .map(|d| {
+                cstr(
+                    &format!("{}/{}", d.trim_end_matches('/'), req.argv[0]),
+                    "argv",
+                )
+            })
             .collect::<Result<_, _>>()?
     };
 
@@ -857,7 +890,10 @@ fn plan<'a>(
                 file_dirs.push(acc.clone());
             }
         }
-        files.push((cstr(&format!("{WORK_DIR}/{rel}"), "file path")?, data.as_slice()));
+        files.push((
+            cstr(&format!("{WORK_DIR}/{rel}"), "file path")?,
+            data.as_slice(),
+        ));
     }
     let file_dirs = file_dirs
         .iter()
@@ -876,15 +912,11 @@ fn plan<'a>(
 
     let cpu_s = eff.cpu_ms.div_ceil(1000).max(1);
     let rlimits = vec![
-        (libc::RLIMIT_CPU as u32, cpu_s, cpu_s + 1),
-        (
-            libc::RLIMIT_FSIZE as u32,
-            eff.file_size_bytes,
-            eff.file_size_bytes,
-        ),
-        (libc::RLIMIT_CORE as u32, 0, 0),
-        (libc::RLIMIT_NOFILE as u32, 1024, 1024),
-        (libc::RLIMIT_MSGQUEUE as u32, 0, 0),
+        (libc::RLIMIT_CPU, cpu_s, cpu_s + 1),
+        (libc::RLIMIT_FSIZE, eff.file_size_bytes, eff.file_size_bytes),
+        (libc::RLIMIT_CORE, 0, 0),
+        (libc::RLIMIT_NOFILE, 1024, 1024),
+        (libc::RLIMIT_MSGQUEUE, 0, 0),
     ];
     let mut argv_ptrs: Vec<*const c_char> = argv.iter().map(|a| a.as_ptr()).collect();
     argv_ptrs.push(std::ptr::null());
@@ -1104,7 +1136,11 @@ pub fn run(sb: &Sandbox, req: &Request) -> Verdict {
         let mut timeout = if killed.is_some() {
             100
         } else {
-            deadline.saturating_duration_since(now).as_millis().min(i32::MAX as u128) as i32 + 1
+            deadline
+                .saturating_duration_since(now)
+                .as_millis()
+                .min(i32::MAX as u128) as i32
+                + 1
         };
         if poll_cpu && killed.is_none() {
             timeout = timeout.min(25);
@@ -1356,4 +1392,3 @@ impl Capture {
         true
     }
 }
-
