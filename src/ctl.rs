@@ -1,1 +1,546 @@
-//! TODO
+//! `peagenctl`: the operator's CLI. Every listing has `--json` for scripts;
+//! exit codes: 0 ok, 1 not found / failed, 65 bad input, 69 Redis
+//! unavailable, 78 config error.
+
+use crate::config::{Config, ResultBackendKind};
+use crate::exit;
+use crate::queue::Queue;
+use crate::task::Task;
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "peagenctl",
+    version,
+    about = "Operate the Peagen task fabric: push tasks, inspect the queue, workers and dead letters"
+)]
+pub struct Cli {
+    /// Config file (default /etc/peagen/peagen.toml if it exists, else built-in defaults).
+    #[arg(long, short = 'c', global = true)]
+    pub config: Option<PathBuf>,
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Push a task (from flags, or a whole task document with --file) and print its id.
+    Push(PushArgs),
+    /// Task results.
+    Task {
+        #[command(subcommand)]
+        cmd: TaskCmd,
+    },
+    /// Queue statistics and dead letters.
+    Queue {
+        #[command(subcommand)]
+        cmd: QueueCmd,
+    },
+    /// Workers known to the queue: consumer, pending, idle time, current task.
+    Workers,
+    /// Configuration.
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PushArgs {
+    /// Task kind (echo, execute, or a configured command kind).
+    #[arg(long, short = 'k', required_unless_present = "file")]
+    pub kind: Option<String>,
+    /// Payload JSON object.
+    #[arg(long, short = 'p', default_value = "{}")]
+    pub payload: String,
+    /// Task id (default: generated).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Capability the task requires (repeatable).
+    #[arg(long)]
+    pub requires: Vec<String>,
+    #[arg(long)]
+    pub max_attempts: Option<u32>,
+    #[arg(long)]
+    pub timeout_ms: Option<u64>,
+    /// RFC 3339 time after which the task must not start.
+    #[arg(long)]
+    pub deadline: Option<String>,
+    /// W3C traceparent.
+    #[arg(long)]
+    pub trace_id: Option<String>,
+    /// Read task documents (one JSON object per line) from FILE, or - for stdin.
+    #[arg(long, conflicts_with = "kind")]
+    pub file: Option<PathBuf>,
+    /// Push N copies (ids suffixed -1..-N when --id is given).
+    #[arg(long, default_value_t = 1)]
+    pub count: u32,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TaskCmd {
+    /// Print a task's result record (exit 1 if there is none yet).
+    Get {
+        id: String,
+        /// Wait up to SECS for the result.
+        #[arg(long, default_value_t = 0)]
+        wait: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum QueueCmd {
+    /// Length, lag, pending, consumers, oldest age.
+    Stats,
+    /// Dead-letter stream.
+    Dlq {
+        #[command(subcommand)]
+        cmd: DlqCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DlqCmd {
+    /// List dead letters.
+    List {
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Write every dead letter as one JSON object per line to stdout.
+    Export,
+    /// Put dead letters back on the queue with attempts reset.
+    Retry {
+        /// Dead-letter entry ids (as shown by list/export).
+        ids: Vec<String>,
+        /// Retry every dead letter.
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCmd {
+    /// Check a config file; exit 0 if valid, 78 if not.
+    Validate,
+    /// Print the effective configuration (file + defaults + environment) as TOML.
+    Show,
+}
+
+/// Error with the exit code to use.
+#[derive(Debug)]
+struct CtlError(i32, String);
+
+impl<E: std::fmt::Display> From<(i32, E)> for CtlError {
+    fn from((c, e): (i32, E)) -> Self {
+        CtlError(c, e.to_string())
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> CtlError {
+    CtlError(exit::UNAVAILABLE, e.to_string())
+}
+
+pub fn cli_main() -> i32 {
+    let cli = Cli::parse();
+    let cfg = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("peagenctl: {e}");
+            return exit::CONFIG;
+        }
+    };
+    if let Cmd::Config { cmd } = &cli.cmd {
+        return match cmd {
+            ConfigCmd::Validate => {
+                let src = cli
+                    .config
+                    .as_deref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| {
+                        "built-in defaults (+ /etc/peagen/peagen.toml if present)".into()
+                    });
+                if cli.json {
+                    println!("{}", json!({"valid": true, "config": src}));
+                } else {
+                    println!("{src}: OK");
+                }
+                exit::OK
+            }
+            ConfigCmd::Show => {
+                print!("{}", toml::to_string_pretty(&cfg).unwrap_or_default());
+                exit::OK
+            }
+        };
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("peagenctl: {e}");
+            return exit::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli, cfg)) {
+        Ok(()) => exit::OK,
+        Err(CtlError(code, msg)) => {
+            eprintln!("peagenctl: {msg}");
+            code
+        }
+    }
+}
+
+async fn connect(cfg: &Config) -> Result<Queue, CtlError> {
+    let q = Queue::connect(&cfg.redis).await.map_err(unavailable)?;
+    q.ping().await.map_err(unavailable)?;
+    Ok(q)
+}
+
+async fn run(cli: Cli, cfg: Config) -> Result<(), CtlError> {
+    match cli.cmd {
+        Cmd::Push(a) => push(&cfg, a, cli.json).await,
+        Cmd::Task {
+            cmd: TaskCmd::Get { id, wait },
+        } => task_get(&cfg, &id, wait, cli.json).await,
+        Cmd::Queue {
+            cmd: QueueCmd::Stats,
+        } => stats(&cfg, cli.json).await,
+        Cmd::Queue {
+            cmd: QueueCmd::Dlq { cmd },
+        } => dlq(&cfg, cmd, cli.json).await,
+        Cmd::Workers => workers(&cfg, cli.json).await,
+        Cmd::Config { .. } => unreachable!("handled before the runtime starts"),
+    }
+}
+
+fn build_tasks(a: &PushArgs) -> Result<Vec<Task>, CtlError> {
+    let bad = |m: String| CtlError(exit::DATAERR, m);
+    if let Some(f) = &a.file {
+        let text = if f.as_os_str() == "-" {
+            std::io::read_to_string(std::io::stdin())
+                .map_err(|e| bad(format!("reading stdin: {e}")))?
+        } else {
+            std::fs::read_to_string(f).map_err(|e| bad(format!("reading {}: {e}", f.display())))?
+        };
+        let mut out = Vec::new();
+        for (i, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let mut v: Value = serde_json::from_str(line)
+                .map_err(|e| bad(format!("line {}: not JSON: {e}", i + 1)))?;
+            // Fill what producers usually leave out.
+            if let Value::Object(m) = &mut v {
+                let kind = m
+                    .get("kind")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
+                m.entry("id")
+                    .or_insert_with(|| Task::new(&kind, json!({})).id.into());
+                m.entry("created_at")
+                    .or_insert_with(|| crate::task::now_prototype().into());
+            }
+            let t: Task = serde_json::from_value(v)
+                .map_err(|e| bad(format!("line {}: not a task: {e}", i + 1)))?;
+            t.check().map_err(|e| bad(format!("line {}: {e}", i + 1)))?;
+            out.push(t);
+        }
+        return Ok(out);
+    }
+    let kind = a.kind.clone().unwrap_or_default();
+    let payload: Value =
+        serde_json::from_str(&a.payload).map_err(|e| bad(format!("--payload is not JSON: {e}")))?;
+    let mut out = Vec::new();
+    for i in 1..=a.count.max(1) {
+        let mut t = Task::new(&kind, payload.clone());
+        if let Some(id) = &a.id {
+            t.id = if a.count > 1 {
+                format!("{id}-{i}")
+            } else {
+                id.clone()
+            };
+        }
+        t.requires = a.requires.clone();
+        t.max_attempts = a.max_attempts;
+        t.timeout_ms = a.timeout_ms;
+        t.deadline = a.deadline.clone();
+        t.trace_id = a.trace_id.clone();
+        t.check().map_err(|e| bad(e.to_string()))?;
+        out.push(t);
+    }
+    Ok(out)
+}
+
+async fn push(cfg: &Config, a: PushArgs, as_json: bool) -> Result<(), CtlError> {
+    let tasks = build_tasks(&a)?;
+    let q = connect(cfg).await?;
+    let mut out = std::io::stdout().lock();
+    for t in tasks {
+        let entry = q.push(&t).await.map_err(unavailable)?;
+        if as_json {
+            let _ = writeln!(
+                out,
+                "{}",
+                json!({"task_id": t.id, "entry_id": entry, "kind": t.kind})
+            );
+        } else {
+            let _ = writeln!(out, "{}", t.id);
+        }
+    }
+    Ok(())
+}
+
+async fn task_get(cfg: &Config, id: &str, wait: u64, as_json: bool) -> Result<(), CtlError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait);
+    let fs = (cfg.results.backend == ResultBackendKind::Fs)
+        .then(|| crate::results::FsBackend::new(cfg.results.dir.clone()));
+    let q = if fs.is_none() {
+        Some(connect(cfg).await?)
+    } else {
+        None
+    };
+    loop {
+        let found = match (&fs, &q) {
+            (Some(fs), _) => fs
+                .load(id)
+                .map_err(|e| CtlError(exit::FAILURE, format!("reading result: {e}")))?,
+            (None, Some(q)) => q.get_result(id).await.map_err(unavailable)?,
+            _ => None,
+        };
+        if let Some(s) = found {
+            let v: Value = serde_json::from_str(&s).unwrap_or(Value::String(s));
+            if as_json {
+                println!("{}", serde_json::to_string(&v).unwrap_or_default());
+            } else {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            }
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(CtlError(
+                exit::FAILURE,
+                format!("no result for task {id} yet"),
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+async fn stats(cfg: &Config, as_json: bool) -> Result<(), CtlError> {
+    let q = connect(cfg).await?;
+    let st = q.stats().await.map_err(unavailable)?;
+    let by_kind = q.pending_by_kind(10_000).await.map_err(unavailable)?;
+    if as_json {
+        let mut v = serde_json::to_value(&st).unwrap_or_default();
+        v["by_kind"] = json!(by_kind);
+        println!("{v}");
+        return Ok(());
+    }
+    let lag = match st.lag {
+        Some(l) if st.lag_exact => l.to_string(),
+        Some(l) => format!("{l} (counted; Redis reports no lag)"),
+        None => "unknown".into(),
+    };
+    println!("stream        {} (group {})", st.stream, st.group);
+    println!("length        {}", st.length);
+    println!("lag           {lag}");
+    println!("pending       {}", st.pending);
+    println!(
+        "oldest age    {}",
+        st.oldest_age_ms
+            .map(|ms| format!("{:.1}s", ms as f64 / 1000.0))
+            .unwrap_or_else(|| "-".into())
+    );
+    println!("dead letters  {}", st.dead_letters);
+    println!("results       {}", st.results);
+    println!(
+        "by kind       {}",
+        by_kind
+            .iter()
+            .map(|(k, n)| format!("{k}={n}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    println!("consumers     {}", st.consumers.len());
+    for c in &st.consumers {
+        println!(
+            "  {:<48} pending={:<4} idle={:.1}s",
+            c.name,
+            c.pending,
+            c.idle_ms as f64 / 1000.0
+        );
+    }
+    Ok(())
+}
+
+async fn dlq(cfg: &Config, cmd: DlqCmd, as_json: bool) -> Result<(), CtlError> {
+    let q = connect(cfg).await?;
+    match cmd {
+        DlqCmd::List { limit } => {
+            let items = q.dlq_list(limit).await.map_err(unavailable)?;
+            if as_json {
+                let v: Vec<Value> = items.iter().map(|(id, r)| with_dead_id(id, r)).collect();
+                println!("{}", Value::Array(v));
+            } else {
+                println!(
+                    "{:<20} {:<24} {:<20} {:>3}  error",
+                    "dead id", "task id", "reason", "att"
+                );
+                for (id, r) in items {
+                    println!(
+                        "{:<20} {:<24} {:<20} {:>3}  {}",
+                        id,
+                        r["task_id"].as_str().unwrap_or("-"),
+                        r["reason"].as_str().unwrap_or("-"),
+                        r["attempts"].as_u64().unwrap_or(0),
+                        r["error"]
+                            .as_str()
+                            .unwrap_or("")
+                            .chars()
+                            .take(80)
+                            .collect::<String>()
+                    );
+                }
+            }
+        }
+        DlqCmd::Export => {
+            let items = q.dlq_list(usize::MAX).await.map_err(unavailable)?;
+            let mut out = std::io::stdout().lock();
+            for (id, r) in items {
+                let _ = writeln!(out, "{}", with_dead_id(&id, &r));
+            }
+        }
+        DlqCmd::Retry { ids, all } => {
+            let ids: Vec<String> = if all {
+                q.dlq_list(usize::MAX)
+                    .await
+                    .map_err(unavailable)?
+                    .into_iter()
+                    .map(|(id, _)| id)
+                    .collect()
+            } else if ids.is_empty() {
+                return Err(CtlError(
+                    exit::USAGE,
+                    "give dead-letter ids or --all".into(),
+                ));
+            } else {
+                ids
+            };
+            let mut failed = 0;
+            for id in ids {
+                match q.dlq_retry(&id).await.map_err(unavailable)? {
+                    Ok(new) => {
+                        if as_json {
+                            println!("{}", json!({"dead_id": id, "requeued_as": new}));
+                        } else {
+                            println!("{id} -> {new}");
+                        }
+                    }
+                    Err(msg) => {
+                        failed += 1;
+                        eprintln!("peagenctl: {msg}");
+                    }
+                }
+            }
+            if failed > 0 {
+                return Err(CtlError(
+                    exit::FAILURE,
+                    format!("{failed} dead letter(s) not retried"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn with_dead_id(id: &str, r: &Value) -> Value {
+    let mut v = r.clone();
+    if let Value::Object(m) = &mut v {
+        m.insert("dead_id".into(), id.into());
+    }
+    v
+}
+
+async fn workers(cfg: &Config, as_json: bool) -> Result<(), CtlError> {
+    // Units from systemd joined with what each consumer holds in Redis.
+    match crate::spawner::list_workers(cfg).await {
+        Ok(rows) => {
+            if as_json {
+                println!("{}", serde_json::to_string(&rows).unwrap_or_default());
+            } else {
+                println!("{:<36} {:<9} {:<22} {:>7}  current task", "worker id", "state", "unit state", "pending");
+                for r in rows {
+                    println!(
+                        "{:<36} {:<9} {:<22} {:>7}  {}",
+                        r.worker_id,
+                        r.state,
+                        format!("{}/{}", r.active_state, r.sub_state),
+                        r.pending,
+                        r.current_task.as_deref().unwrap_or("-")
+                    );
+                }
+            }
+            return Ok(());
+        }
+        Err(e) => eprintln!("peagenctl: cannot list worker units from systemd ({e}); showing queue consumers instead"),
+    }
+    let q = connect(cfg).await?;
+    let consumers = q.consumers().await.map_err(unavailable)?;
+    let mut rows = Vec::new();
+    for c in consumers {
+        let current = match q
+            .pending_ids_of(&c.name, 1)
+            .await
+            .map_err(unavailable)?
+            .first()
+        {
+            Some(eid) => q
+                .range(&cfg.redis.tasks_stream, eid, eid, 1)
+                .await
+                .map_err(unavailable)?
+                .first()
+                .and_then(|e| {
+                    e.data
+                        .as_deref()
+                        .and_then(|d| serde_json::from_slice::<Value>(d).ok())
+                })
+                .and_then(|v| v["id"].as_str().map(str::to_string)),
+            None => None,
+        };
+        rows.push(json!({
+            "worker_id": c.name,
+            "state": if c.pending > 0 { "busy" } else { "idle" },
+            "pending": c.pending,
+            "idle_ms": c.idle_ms,
+            "current_task": current,
+        }));
+    }
+    if as_json {
+        println!("{}", Value::Array(rows));
+    } else {
+        println!(
+            "{:<48} {:<6} {:>7} {:>9}  current task",
+            "worker id", "state", "pending", "idle"
+        );
+        for r in rows {
+            println!(
+                "{:<48} {:<6} {:>7} {:>8.1}s  {}",
+                r["worker_id"].as_str().unwrap_or(""),
+                r["state"].as_str().unwrap_or(""),
+                r["pending"].as_u64().unwrap_or(0),
+                r["idle_ms"].as_f64().unwrap_or(0.0) / 1000.0,
+                r["current_task"].as_str().unwrap_or("-")
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,1 +1,854 @@
-//! TODO
+//! peagen-spawnerd: queue-driven autoscaling of transient
+//! `peagen-worker@<uuid>.service` units.
+//!
+//! The daemon keeps no state of its own: every tick (and every systemd
+//! signal about a worker unit) it re-reads the worker units from systemd and
+//! the queue from Redis, lets [`crate::policy::decide`] choose, and acts.
+//! Worker ids are the Redis consumer names, so a unit that systemd reports
+//! failed or gone has its pending entries re-queued at once
+//! ([`Queue::requeue_consumer`]). An XAUTOCLAIM sweep catches orphans of
+//! consumers that are not live units. A circuit breaker stops start storms.
+
+use crate::config::Config;
+use crate::metrics::{labels, CounterVec, GaugeVec, SharedRegistry};
+use crate::policy::{
+    self, Backlog, Breaker, BreakerState, Memory, PolicyConfig, WorkerState, WorkerView,
+};
+use crate::queue::{Queue, QueueStats};
+use crate::systemd::{Systemd, UnitInfo};
+use crate::telemetry::notify;
+use anyhow::{Context, Result};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use sd_notify::NotifyState;
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, Notify};
+
+/// How long a start job may take before it counts as failed.
+const START_JOB_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often the per-kind and memory gauges are refreshed (they scan).
+const SLOW_GAUGES_EVERY: Duration = Duration::from_secs(10);
+
+#[derive(Clone)]
+pub struct SpawnerMetrics {
+    pub workers: GaugeVec,
+    pub desired: Gauge,
+    pub spawns: Counter,
+    pub stops: Counter,
+    pub spawn_failures: Counter,
+    pub spawn_ready: Histogram,
+    pub reclaimed: CounterVec,
+    pub queue_pending_by_kind: GaugeVec,
+    pub redis_pending: GaugeVec,
+    pub breaker_open: Gauge,
+    pub stream_memory: GaugeVec,
+}
+
+impl SpawnerMetrics {
+    pub fn new(reg: &mut Registry) -> Self {
+        let m = SpawnerMetrics {
+            workers: Default::default(),
+            desired: Default::default(),
+            spawns: Default::default(),
+            stops: Default::default(),
+            spawn_failures: Default::default(),
+            spawn_ready: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
+            reclaimed: Default::default(),
+            queue_pending_by_kind: Default::default(),
+            redis_pending: Default::default(),
+            breaker_open: Default::default(),
+            stream_memory: Default::default(),
+        };
+        reg.register(
+            "workers",
+            "Worker units by state (starting, idle, busy, stopping)",
+            m.workers.clone(),
+        );
+        reg.register(
+            "workers_desired",
+            "Worker count the scaling policy wants",
+            m.desired.clone(),
+        );
+        reg.register("spawns", "Worker units started", m.spawns.clone());
+        reg.register(
+            "worker_stops",
+            "Idle worker units stopped by scale-down",
+            m.stops.clone(),
+        );
+        reg.register(
+            "spawn_failures",
+            "Worker starts whose start job did not end in done",
+            m.spawn_failures.clone(),
+        );
+        reg.register(
+            "spawn_ready_seconds",
+            "From StartTransientUnit to the start job's end (the worker's READY=1)",
+            m.spawn_ready.clone(),
+        );
+        reg.register(
+            "reclaimed_tasks",
+            "Pending tasks of dead workers re-queued or dead-lettered, by outcome",
+            m.reclaimed.clone(),
+        );
+        reg.register(
+            "queue_pending_total",
+            "Unfinished tasks in the queue (backlog + in flight), by kind",
+            m.queue_pending_by_kind.clone(),
+        );
+        reg.register(
+            "redis_queue_pending",
+            "Entries delivered but not acknowledged (XPENDING), by stream",
+            m.redis_pending.clone(),
+        );
+        reg.register(
+            "spawner_breaker_open",
+            "1 while the spawn-failure circuit breaker blocks starts",
+            m.breaker_open.clone(),
+        );
+        reg.register(
+            "redis_stream_memory_bytes",
+            "MEMORY USAGE of the streams, by stream",
+            m.stream_memory.clone(),
+        );
+        m
+    }
+}
+
+/// One row of `peagenctl workers`: a worker unit and what it holds.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct WorkerRow {
+    pub worker_id: String,
+    pub unit: String,
+    /// systemd ActiveState/SubState.
+    pub active_state: String,
+    pub sub_state: String,
+    /// starting | idle | busy | stopping | failed | inactive
+    pub state: String,
+    pub pending: u64,
+    pub current_task: Option<String>,
+}
+
+/// Worker units with state and current task, for `peagenctl workers`.
+pub async fn list_workers(cfg: &Config) -> Result<Vec<WorkerRow>> {
+    let sd = Systemd::connect(cfg.spawner.user_mode).await?;
+    let units = sd.list_workers().await?;
+    let q = Queue::connect(&cfg.redis).await?;
+    let consumers: HashMap<String, u64> = q
+        .consumers()
+        .await?
+        .into_iter()
+        .map(|c| (c.name, c.pending))
+        .collect();
+    let mut rows = Vec::new();
+    for u in units {
+        let pending = consumers.get(&u.worker_id).copied().unwrap_or(0);
+        let mut current_task = None;
+        if pending > 0 {
+            if let Some(eid) = q.pending_ids_of(&u.worker_id, 1).await?.first() {
+                current_task = q
+                    .range(&cfg.redis.tasks_stream, eid, eid, 1)
+                    .await?
+                    .first()
+                    .and_then(|e| e.data.as_deref())
+                    .and_then(|d| serde_json::from_slice::<serde_json::Value>(d).ok())
+                    .and_then(|v| v["id"].as_str().map(str::to_string));
+            }
+        }
+        rows.push(WorkerRow {
+            state: row_state(&u, pending).into(),
+            worker_id: u.worker_id,
+            unit: u.unit,
+            active_state: u.active_state,
+            sub_state: u.sub_state,
+            pending,
+            current_task,
+        });
+    }
+    Ok(rows)
+}
+
+fn row_state(u: &UnitInfo, pending: u64) -> &'static str {
+    match u.active_state.as_str() {
+        "activating" => "starting",
+        "deactivating" => "stopping",
+        "failed" => "failed",
+        "active" | "reloading" if pending > 0 => "busy",
+        "active" | "reloading" => "idle",
+        _ => "inactive",
+    }
+}
+
+type StartResult = (String, Result<crate::systemd::StartOutcome>);
+
+struct Spawner {
+    cfg: Config,
+    cfg_path: Option<PathBuf>,
+    sd: Systemd,
+    queue: Arc<Queue>,
+    m: SpawnerMetrics,
+    host: String,
+    breaker: Breaker,
+    mem: Memory,
+    /// Worker id -> since when it was seen idle (rebuilt after a restart).
+    idle_since: HashMap<String, Instant>,
+    /// Start calls in flight (worker id -> started at), counted as starting.
+    starting: HashMap<String, Instant>,
+    /// Worker ids seen live in the previous tick, to notice units that vanished.
+    live_prev: HashSet<String>,
+    start_tx: mpsc::UnboundedSender<StartResult>,
+    wake: Arc<Notify>,
+    last_slow_gauges: Option<Instant>,
+    last_status: String,
+}
+
+impl Spawner {
+    fn policy_cfg(&self) -> PolicyConfig {
+        PolicyConfig::from(&self.cfg.spawner)
+    }
+
+    fn max_attempts(&self) -> u32 {
+        self.cfg.worker.max_attempts
+    }
+
+    fn status(&mut self, s: String) {
+        if s != self.last_status {
+            notify(&[NotifyState::Status(&s)]);
+            self.last_status = s;
+        }
+    }
+
+    /// Re-queue what a dead worker held; drop its consumer if empty.
+    async fn reclaim_worker(&self, worker_id: &str, unit: &str, why: &str) {
+        match self
+            .queue
+            .requeue_consumer(worker_id, self.max_attempts(), why, &self.host)
+            .await
+        {
+            Ok(rep) => {
+                if rep.requeued + rep.dead_lettered > 0 {
+                    tracing::warn!(
+                        worker_id,
+                        unit,
+                        requeued = rep.requeued,
+                        dead_lettered = rep.dead_lettered,
+                        reason = why,
+                        "re-queued the tasks of a dead worker"
+                    );
+                }
+                self.m
+                    .reclaimed
+                    .get_or_create(&labels(&[("outcome", "requeued")]))
+                    .inc_by(rep.requeued);
+                self.m
+                    .reclaimed
+                    .get_or_create(&labels(&[("outcome", "dead_lettered")]))
+                    .inc_by(rep.dead_lettered);
+            }
+            Err(e) => {
+                tracing::error!(worker_id, unit, error = %e, "cannot re-queue the tasks of a dead worker");
+                return;
+            }
+        }
+        if let Err(e) = self.queue.delete_consumer_if_empty(worker_id).await {
+            tracing::debug!(worker_id, error = %e, "delete consumer failed");
+        }
+    }
+
+    /// One reconcile pass: read systemd + Redis, reclaim, decide, act.
+    async fn reconcile(&mut self) -> Result<()> {
+        let now = Instant::now();
+        let units = self.sd.list_workers().await?;
+        let stats = self.queue.stats().await.context("reading queue stats")?;
+        let pending_of: HashMap<&str, u64> = stats
+            .consumers
+            .iter()
+            .map(|c| (c.name.as_str(), c.pending))
+            .collect();
+
+        // Dead units: failed/inactive ones still loaded, and live ones that vanished.
+        let mut live_now = HashSet::new();
+        for u in &units {
+            if u.is_live() {
+                live_now.insert(u.worker_id.clone());
+                continue;
+            }
+            let exit = self.sd.unit_exit(&u.unit).await.ok();
+            let (result, code, status) = exit
+                .map(|e| (e.result, e.code, e.status))
+                .unwrap_or_else(|| ("unknown".into(), 0, 0));
+            if u.active_state == "failed" {
+                tracing::warn!(worker_id = %u.worker_id, unit = %u.unit, result, exec_main_code = code, exec_main_status = status, "worker unit failed");
+            } else {
+                tracing::info!(worker_id = %u.worker_id, unit = %u.unit, result, "worker unit finished");
+            }
+            self.reclaim_worker(
+                &u.worker_id,
+                &u.unit,
+                &format!("worker unit {} ({result})", u.active_state),
+            )
+            .await;
+            if let Err(e) = self.sd.reset_failed(&u.unit).await {
+                tracing::debug!(unit = %u.unit, error = %e, "ResetFailedUnit failed");
+            }
+            self.idle_since.remove(&u.worker_id);
+        }
+        let vanished: Vec<String> = self
+            .live_prev
+            .iter()
+            .filter(|id| !live_now.contains(*id) && !units.iter().any(|u| &u.worker_id == *id))
+            .cloned()
+            .collect();
+        for id in vanished {
+            let unit = crate::systemd::unit_name(&id);
+            tracing::info!(worker_id = %id, unit = %unit, "worker unit gone");
+            self.reclaim_worker(&id, &unit, "worker unit gone").await;
+            self.idle_since.remove(&id);
+        }
+        self.live_prev = live_now;
+
+        // Worker views for the policy.
+        let mut views = Vec::new();
+        let mut seen = HashSet::new();
+        for u in units.iter().filter(|u| u.is_live()) {
+            seen.insert(u.worker_id.clone());
+            let state = match u.active_state.as_str() {
+                "activating" => WorkerState::Starting,
+                "deactivating" => WorkerState::Stopping,
+                _ if self.starting.contains_key(&u.worker_id) => WorkerState::Starting,
+                _ if pending_of.get(u.worker_id.as_str()).copied().unwrap_or(0) > 0 => {
+                    self.idle_since.remove(&u.worker_id);
+                    WorkerState::Busy
+                }
+                _ => WorkerState::Idle {
+                    since: *self.idle_since.entry(u.worker_id.clone()).or_insert(now),
+                },
+            };
+            views.push(WorkerView {
+                id: u.worker_id.clone(),
+                state,
+            });
+        }
+        for id in self.starting.keys() {
+            if !seen.contains(id) {
+                views.push(WorkerView {
+                    id: id.clone(),
+                    state: WorkerState::Starting,
+                });
+            }
+        }
+        self.idle_since.retain(|id, _| seen.contains(id));
+
+        let backlog = Backlog {
+            lag: stats.lag,
+            length: stats.length,
+            pending: stats.pending,
+        };
+        let allowed = self.breaker.allowed_starts(now, self.starting.len() as u32);
+        let d = policy::decide(&self.policy_cfg(), &backlog, &views, self.mem, allowed, now);
+        self.mem = d.memory;
+        for _ in 0..d.start {
+            self.start_one();
+        }
+        for id in &d.stop {
+            let unit = crate::systemd::unit_name(id);
+            tracing::info!(worker_id = %id, unit = %unit, "stopping idle worker (scale down)");
+            match self.sd.stop_unit(&unit).await {
+                Ok(()) => {
+                    self.m.stops.inc();
+                }
+                Err(e) => {
+                    tracing::warn!(worker_id = %id, unit = %unit, error = %e, "StopUnit failed")
+                }
+            };
+            self.idle_since.remove(id);
+        }
+        self.update_gauges(&views, &d, &stats, now).await;
+        Ok(())
+    }
+
+    fn start_one(&mut self) {
+        let id = uuid::Uuid::new_v4().to_string();
+        let unit = crate::systemd::unit_name(&id);
+        tracing::info!(worker_id = %id, unit = %unit, "starting worker");
+        self.m.spawns.inc();
+        self.starting.insert(id.clone(), Instant::now());
+        let sd = self.sd.clone();
+        let wu = self.cfg.spawner.worker_unit.clone();
+        let tx = self.start_tx.clone();
+        let wake = self.wake.clone();
+        tokio::spawn(async move {
+            let r = sd.start_worker(&wu, &id, &[], START_JOB_TIMEOUT).await;
+            let _ = tx.send((id, r));
+            wake.notify_one();
+        });
+    }
+
+    async fn on_started(&mut self, id: String, r: Result<crate::systemd::StartOutcome>) {
+        self.starting.remove(&id);
+        let unit = crate::systemd::unit_name(&id);
+        let now = Instant::now();
+        let failure = match r {
+            Ok(o) if o.ok() => {
+                self.m.spawn_ready.observe(o.elapsed.as_secs_f64());
+                tracing::info!(worker_id = %id, unit = %unit, ready_ms = o.elapsed.as_millis() as u64, "worker ready");
+                self.breaker.on_success();
+                None
+            }
+            Ok(o) => Some(format!("start job ended with {:?}", o.result)),
+            Err(e) => Some(format!("{e:#}")),
+        };
+        if let Some(why) = failure {
+            self.m.spawn_failures.inc();
+            let exit = self.sd.unit_exit(&unit).await.ok();
+            tracing::error!(worker_id = %id, unit = %unit, error = %why, unit_result = ?exit.as_ref().map(|e| &e.result), exec_main_status = ?exit.as_ref().map(|e| e.status), "worker failed to start");
+            if let Some(wait) = self.breaker.on_failure(now) {
+                tracing::error!(
+                    consecutive_failures = self.breaker.failures(),
+                    backoff_secs = wait.as_secs(),
+                    "spawn circuit breaker open: workers keep failing at start; no starts until the backoff ends"
+                );
+            }
+        }
+    }
+
+    async fn update_gauges(
+        &mut self,
+        views: &[WorkerView],
+        d: &policy::Decision,
+        st: &QueueStats,
+        now: Instant,
+    ) {
+        let mut n = [0i64; 4];
+        for v in views {
+            n[match v.state {
+                WorkerState::Starting => 0,
+                WorkerState::Idle { .. } => 1,
+                WorkerState::Busy => 2,
+                WorkerState::Stopping => 3,
+            }] += 1;
+        }
+        for (i, s) in ["starting", "idle", "busy", "stopping"].iter().enumerate() {
+            self.m
+                .workers
+                .get_or_create(&labels(&[("state", s)]))
+                .set(n[i]);
+        }
+        self.m.desired.set(d.desired as i64);
+        self.m
+            .redis_pending
+            .get_or_create(&labels(&[("stream", &st.stream)]))
+            .set(st.pending as i64);
+        let bstate = self.breaker.state(now);
+        self.m
+            .breaker_open
+            .set(matches!(bstate, BreakerState::Open { .. }) as i64);
+        if self
+            .last_slow_gauges
+            .is_none_or(|t| now.duration_since(t) >= SLOW_GAUGES_EVERY)
+        {
+            self.last_slow_gauges = Some(now);
+            if let Ok(kinds) = self.queue.pending_by_kind(10_000).await {
+                self.m.queue_pending_by_kind.clear();
+                for (k, v) in kinds {
+                    self.m
+                        .queue_pending_by_kind
+                        .get_or_create(&labels(&[("kind", &k)]))
+                        .set(v as i64);
+                }
+            }
+            let r = &self.cfg.redis;
+            for s in [&r.tasks_stream, &r.results_stream, &r.dead_stream] {
+                if let Ok(b) = self.queue.memory_usage(s).await {
+                    self.m
+                        .stream_memory
+                        .get_or_create(&labels(&[("stream", s)]))
+                        .set(b as i64);
+                }
+            }
+        }
+        let breaker = match bstate {
+            BreakerState::Closed => String::new(),
+            BreakerState::Open { until } => format!(
+                "; BREAKER OPEN after {} failed starts, retry in {}s",
+                self.breaker.failures(),
+                until.saturating_duration_since(now).as_secs()
+            ),
+            BreakerState::HalfOpen => "; breaker half-open (probing)".into(),
+        };
+        self.status(format!(
+            "workers {} (starting {}, idle {}, busy {}), desired {}, backlog {}, in flight {}{}",
+            d.current,
+            n[0],
+            n[1],
+            n[2],
+            d.desired,
+            st.lag.map(|l| l.to_string()).unwrap_or_else(|| "?".into()),
+            st.pending,
+            breaker
+        ));
+    }
+
+    /// XAUTOCLAIM sweep for orphans of consumers that are not live units,
+    /// then delete consumers that hold nothing and are not live units.
+    async fn sweep(&mut self) {
+        let claimer = format!("peagen-spawnerd-{}", self.host);
+        match self
+            .queue
+            .autoclaim_orphans(
+                &claimer,
+                self.cfg.spawner.reclaim_min_idle_ms,
+                self.max_attempts(),
+                &self.host,
+            )
+            .await
+        {
+            Ok(rep) => {
+                if rep.requeued + rep.dead_lettered > 0 {
+                    tracing::warn!(
+                        requeued = rep.requeued,
+                        dead_lettered = rep.dead_lettered,
+                        "orphan sweep re-queued tasks"
+                    );
+                }
+                self.m
+                    .reclaimed
+                    .get_or_create(&labels(&[("outcome", "requeued")]))
+                    .inc_by(rep.requeued);
+                self.m
+                    .reclaimed
+                    .get_or_create(&labels(&[("outcome", "dead_lettered")]))
+                    .inc_by(rep.dead_lettered);
+            }
+            Err(e) => tracing::warn!(error = %e, "orphan sweep failed"),
+        }
+        let Ok(consumers) = self.queue.consumers().await else {
+            return;
+        };
+        for c in consumers {
+            let idle_long = c.idle_ms >= self.cfg.spawner.reclaim_min_idle_ms;
+            if c.pending == 0
+                && !self.live_prev.contains(&c.name)
+                && !self.starting.contains_key(&c.name)
+                && (idle_long || c.name == claimer)
+            {
+                match self.queue.delete_consumer_if_empty(&c.name).await {
+                    Ok(true) => tracing::info!(consumer = %c.name, "deleted empty consumer"),
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::debug!(consumer = %c.name, error = %e, "delete consumer failed")
+                    }
+                }
+            }
+        }
+    }
+
+    fn reload(&mut self) {
+        match Config::load(self.cfg_path.as_deref()) {
+            Ok(new) => {
+                notify(&[NotifyState::Reloading]);
+                if new.redis != self.cfg.redis {
+                    tracing::warn!("redis settings changed; they take effect after a restart of peagen-spawnerd");
+                }
+                let s = &new.spawner;
+                let old = std::mem::replace(
+                    &mut self.breaker,
+                    Breaker::new(
+                        s.failure_threshold,
+                        Duration::from_secs(s.backoff_initial_secs),
+                        Duration::from_secs(s.backoff_max_secs),
+                    ),
+                );
+                // Keep an open breaker open across reloads.
+                if old.is_open(Instant::now()) {
+                    self.breaker = old;
+                }
+                let redis = self.cfg.redis.clone();
+                self.cfg = new;
+                self.cfg.redis = redis;
+                tracing::info!("configuration reloaded");
+                notify(&[NotifyState::Ready]);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reload refused: configuration is not valid; keeping the running one");
+                notify(&[NotifyState::Status(&format!("reload refused: {e}"))]);
+            }
+        }
+    }
+}
+
+async fn connect_all(cfg: &Config, stop: &Notify) -> Option<(Systemd, Queue)> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let r = async {
+            let sd = Systemd::connect(cfg.spawner.user_mode).await?;
+            sd.ping().await?;
+            let q = Queue::connect(&cfg.redis).await?;
+            q.ensure_group().await?;
+            anyhow::Ok((sd, q))
+        }
+        .await;
+        match r {
+            Ok(x) => return Some(x),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "waiting for systemd and Redis");
+                notify(&[NotifyState::Status(&format!(
+                    "waiting for systemd and Redis: {e:#}"
+                ))]);
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.notified() => return None,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Run the daemon until SIGTERM/SIGINT. Returns the process exit code.
+pub async fn run(cfg: Config, cfg_path: Option<PathBuf>) -> i32 {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return crate::exit::FAILURE;
+    };
+    let mut reg = crate::metrics::new_registry();
+    let m = SpawnerMetrics::new(&mut reg);
+    let reg: SharedRegistry = Arc::new(std::sync::Mutex::new(reg));
+    if !cfg.metrics.spawner_listen.is_empty() {
+        match cfg.metrics.spawner_listen.parse() {
+            Ok(addr) => match crate::metrics::serve(addr, reg.clone()).await {
+                Ok(local) => tracing::info!(listen = %local, "metrics endpoint up"),
+                Err(e) => {
+                    tracing::error!(listen = %addr, error = %e, "cannot serve metrics");
+                    return crate::exit::UNAVAILABLE;
+                }
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "metrics.spawner-listen is not IP:PORT");
+                return crate::exit::CONFIG;
+            }
+        }
+    }
+    // Connect (waiting out outages) while still answering SIGTERM.
+    let stop = Arc::new(Notify::new());
+    let stop2 = stop.clone();
+    let connect = connect_all(&cfg, &stop2);
+    tokio::pin!(connect);
+    let (sd, queue) = loop {
+        tokio::select! {
+            r = &mut connect => match r {
+                Some(x) => break x,
+                None => return crate::exit::OK,
+            },
+            _ = term.recv() => { stop.notify_one(); }
+            _ = int.recv() => { stop.notify_one(); }
+        }
+    };
+    let (start_tx, mut start_rx) = mpsc::unbounded_channel();
+    let wake = Arc::new(Notify::new());
+    let s = &cfg.spawner;
+    let mut sp = Spawner {
+        breaker: Breaker::new(
+            s.failure_threshold,
+            Duration::from_secs(s.backoff_initial_secs),
+            Duration::from_secs(s.backoff_max_secs),
+        ),
+        cfg: cfg.clone(),
+        cfg_path,
+        sd,
+        queue: Arc::new(queue),
+        m,
+        host: crate::telemetry::hostname(),
+        mem: Memory::default(),
+        idle_since: HashMap::new(),
+        starting: HashMap::new(),
+        live_prev: HashSet::new(),
+        start_tx,
+        wake: wake.clone(),
+        last_slow_gauges: None,
+        last_status: String::new(),
+    };
+    let mut watcher = spawn_watcher(&sp.sd, wake.clone());
+    let redis_watcher = spawn_redis_watcher(cfg.redis.clone(), wake.clone());
+    // First pass before READY=1: state is rebuilt from systemd + Redis.
+    if let Err(e) = sp.reconcile().await {
+        tracing::warn!(error = %format!("{e:#}"), "first reconcile failed");
+    }
+    tracing::info!(user_mode = cfg.spawner.user_mode, "peagen-spawnerd ready");
+    notify(&[NotifyState::Ready]);
+    let watchdog = crate::telemetry::watchdog_interval();
+    let mut last_ping = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(cfg.spawner.tick_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sweep = tokio::time::interval(Duration::from_secs(
+        cfg.spawner.reclaim_interval_secs.max(1),
+    ));
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    sweep.tick().await;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => { sp.reload(); continue; }
+            Some((id, r)) = start_rx.recv() => { sp.on_started(id, r).await; }
+            _ = wake.notified() => {}
+            _ = tick.tick() => {}
+            _ = sweep.tick() => { sp.sweep().await; }
+        }
+        if watcher.is_finished() {
+            tracing::warn!("lost the systemd signal stream; reconnecting");
+            match Systemd::connect(sp.cfg.spawner.user_mode).await {
+                Ok(sd) => {
+                    sp.sd = sd;
+                    watcher = spawn_watcher(&sp.sd, wake.clone());
+                }
+                Err(e) => tracing::error!(error = %format!("{e:#}"), "systemd reconnect failed"),
+            }
+        }
+        if let Err(e) = sp.reconcile().await {
+            tracing::warn!(error = %format!("{e:#}"), "reconcile failed");
+            sp.status(format!("degraded: {e:#}"));
+        } else if let Some(wd) = watchdog {
+            // Pinged only after a successful pass: a wedged core stops the pings.
+            if last_ping.elapsed() >= wd {
+                notify(&[NotifyState::Watchdog]);
+                last_ping = Instant::now();
+            }
+        }
+    }
+    notify(&[NotifyState::Stopping]);
+    tracing::info!("stopping; worker units keep running and finish their tasks");
+    watcher.abort();
+    redis_watcher.abort();
+    crate::exit::OK
+}
+
+/// Wake the supervisor as soon as a task is added: a blocking `XREAD` (not
+/// XREADGROUP: it delivers nothing to the group) on its own connection, with a
+/// response timeout longer than the block time.
+fn spawn_redis_watcher(
+    cfg: crate::config::RedisConfig,
+    wake: Arc<Notify>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        const BLOCK_MS: u64 = 5000;
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let conn = async {
+                let client = redis::Client::open(cfg.url.as_str())?;
+                let acfg = redis::AsyncConnectionConfig::new()
+                    .set_response_timeout(Some(Duration::from_millis(BLOCK_MS + 5000)));
+                client
+                    .get_multiplexed_async_connection_with_config(&acfg)
+                    .await
+            }
+            .await;
+            let mut conn = match conn {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(error = %e, "queue watcher: cannot connect");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(200);
+            let mut last = "$".to_string();
+            loop {
+                let r: redis::RedisResult<Option<redis::streams::StreamReadReply>> =
+                    redis::cmd("XREAD")
+                        .arg("COUNT")
+                        .arg(1000)
+                        .arg("BLOCK")
+                        .arg(BLOCK_MS)
+                        .arg("STREAMS")
+                        .arg(&cfg.tasks_stream)
+                        .arg(&last)
+                        .query_async(&mut conn)
+                        .await;
+                match r {
+                    Ok(Some(reply)) => {
+                        if let Some(id) = reply
+                            .keys
+                            .iter()
+                            .flat_map(|k| k.ids.iter())
+                            .map(|e| e.id.clone())
+                            .next_back()
+                        {
+                            last = id;
+                            wake.notify_one();
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::debug!(error = %e, "queue watcher: XREAD failed; reconnecting");
+                        break;
+                    }
+                }
+            }
+        }
+    })
+}
+
+fn spawn_watcher(sd: &Systemd, wake: Arc<Notify>) -> tokio::task::JoinHandle<()> {
+    let sd = sd.clone();
+    tokio::spawn(async move {
+        if let Err(e) = sd.watch(wake.clone()).await {
+            tracing::warn!(error = %format!("{e:#}"), "systemd watch ended");
+        }
+        wake.notify_one();
+    })
+}
+
+/// `peagen-spawnerd [--config FILE]`.
+#[derive(clap::Parser, Debug)]
+#[command(
+    name = "peagen-spawnerd",
+    version,
+    about = "Autoscale peagen-worker@<uuid>.service units from the Redis queue"
+)]
+pub struct SpawnerCli {
+    /// Config file (default /etc/peagen/peagen.toml if present).
+    #[arg(long, short = 'c')]
+    pub config: Option<PathBuf>,
+}
+
+pub fn cli_main() -> i32 {
+    use clap::Parser;
+    let cli = SpawnerCli::parse();
+    let cfg = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("peagen-spawnerd: {e}");
+            return crate::exit::CONFIG;
+        }
+    };
+    crate::telemetry::init(&cfg.log, "peagen-spawnerd");
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("peagen-spawnerd: cannot start the async runtime: {e}");
+            return crate::exit::FAILURE;
+        }
+    };
+    let path = cli.config.or_else(|| {
+        std::path::Path::new(crate::config::DEFAULT_PATH)
+            .exists()
+            .then(|| crate::config::DEFAULT_PATH.into())
+    });
+    rt.block_on(run(cfg, path))
+}

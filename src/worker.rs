@@ -544,14 +544,21 @@ impl Worker {
         }
     }
 
-    async fn dead_bad(&mut self, e: &Entry, code: &str, why: String) -> Handled {
-        let dl = DeadLetter {
+    fn dead_record(
+        &self,
+        e: &Entry,
+        task: Option<&Task>,
+        reason: &str,
+        error: &str,
+        attempts: u32,
+    ) -> DeadLetter {
+        DeadLetter {
             original_id: e.id.clone(),
-            task_id: None,
-            kind: None,
-            reason: code.to_string(),
-            error: why.clone(),
-            attempts: 0,
+            task_id: task.map(|t| t.id.clone()),
+            kind: task.map(|t| t.kind.clone()),
+            reason: reason.to_string(),
+            error: error.to_string(),
+            attempts,
             worker_id: self.id.clone(),
             host: self.host.clone(),
             dead_at: now_rfc3339(),
@@ -559,7 +566,11 @@ impl Worker {
                 .data
                 .as_deref()
                 .map(|d| String::from_utf8_lossy(d).into_owned()),
-        };
+        }
+    }
+
+    async fn dead_bad(&mut self, e: &Entry, code: &str, why: String) -> Handled {
+        let dl = self.dead_record(e, None, code, &why, 0);
         self.metrics
             .dead_lettered
             .get_or_create(&labels(&[("reason", code)]))
@@ -617,21 +628,7 @@ impl Worker {
         let Some(result_json) = self.save(&rec).await else {
             return Handled::LeftPending;
         };
-        let dl = DeadLetter {
-            original_id: e.id.clone(),
-            task_id: Some(task.id.clone()),
-            kind: Some(task.kind.clone()),
-            reason: reason.to_string(),
-            error: msg.clone(),
-            attempts,
-            worker_id: self.id.clone(),
-            host: self.host.clone(),
-            dead_at: now_rfc3339(),
-            raw: e
-                .data
-                .as_deref()
-                .map(|d| String::from_utf8_lossy(d).into_owned()),
-        };
+        let dl = self.dead_record(e, Some(task), reason, &msg, attempts);
         self.metrics
             .dead_lettered
             .get_or_create(&labels(&[("reason", reason)]))
@@ -665,4 +662,142 @@ pub async fn pending_gauge_loop(queue: Arc<Queue>, m: WorkerMetrics, every: Dura
         }
         tokio::time::sleep(every).await;
     }
+}
+
+#[derive(clap::Parser, Debug)]
+#[command(
+    name = "peagen-worker",
+    version,
+    about = "Consume Peagen tasks from Redis Streams and run them"
+)]
+struct WorkerCli {
+    /// Config file (default /etc/peagen/peagen.toml if it exists, else built-in defaults).
+    #[arg(long, short = 'c', global = true)]
+    config: Option<std::path::PathBuf>,
+    #[command(subcommand)]
+    cmd: Option<WorkerCmd>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum WorkerCmd {
+    /// Run the consume loop (the default).
+    Run,
+    /// Run a command in the execute sandbox and print its verdict (debugging).
+    #[command(disable_help_flag = true)]
+    SandboxRun {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+/// `peagen-worker` entry point; returns the process exit code.
+pub fn cli_main() -> i32 {
+    use clap::Parser;
+    let cli = WorkerCli::parse();
+    if let Some(WorkerCmd::SandboxRun { args }) = cli.cmd {
+        return crate::sandbox::run_cli(args);
+    }
+    let cfg = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("peagen-worker: {e}");
+            return crate::exit::CONFIG;
+        }
+    };
+    crate::telemetry::init(&cfg.log, "peagen-worker");
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("peagen-worker: cannot start the async runtime: {e}");
+            return crate::exit::FAILURE;
+        }
+    };
+    rt.block_on(async_main(cfg))
+}
+
+async fn async_main(cfg: Config) -> i32 {
+    let mut reg = crate::metrics::new_registry();
+    let metrics = WorkerMetrics::new(&mut reg);
+    let reg = Arc::new(std::sync::Mutex::new(reg));
+    let (tx, rx) = watch::channel(false);
+    spawn_signal_listener(tx);
+    // Connect with backoff: a worker started while Redis is down waits.
+    let mut backoff = Duration::from_millis(100);
+    let queue = loop {
+        match Queue::connect(&cfg.redis).await {
+            Ok(q) => break Arc::new(q),
+            Err(e) => {
+                if *rx.borrow() {
+                    metrics
+                        .exit_reason
+                        .get_or_create(&labels(&[("reason", "signal")]))
+                        .inc();
+                    return crate::exit::OK;
+                }
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot connect to Redis; retrying");
+                notify(&[NotifyState::Status(&format!("waiting for Redis: {e}"))]);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    if !cfg.metrics.listen.is_empty() {
+        match cfg.metrics.listen.parse() {
+            Ok(addr) => match crate::metrics::serve(addr, reg.clone()).await {
+                Ok(local) => {
+                    tracing::info!(listen = %local, "metrics endpoint up");
+                    tokio::spawn(pending_gauge_loop(
+                        queue.clone(),
+                        metrics.clone(),
+                        Duration::from_secs(15),
+                    ));
+                }
+                Err(e) => {
+                    tracing::error!(listen = %cfg.metrics.listen, error = %e, "cannot serve metrics; continuing without")
+                }
+            },
+            Err(e) => {
+                tracing::error!(listen = %cfg.metrics.listen, error = %e, "bad metrics address")
+            }
+        }
+    }
+    let mut w = Worker::new(cfg, queue, metrics.clone(), rx);
+    let reason = w.run().await;
+    notify(&[
+        NotifyState::Stopping,
+        NotifyState::Status(&format!("exiting: {}", reason.as_str())),
+    ]);
+    metrics
+        .exit_reason
+        .get_or_create(&labels(&[("reason", reason.as_str())]))
+        .inc();
+    tracing::info!(worker_id = %w.id(), reason = reason.as_str(), "worker exiting");
+    match reason {
+        ExitReason::Error => crate::exit::FAILURE,
+        _ => crate::exit::OK,
+    }
+}
+
+/// SIGTERM/SIGINT flip the shutdown flag once; the loops drain and exit.
+pub fn spawn_signal_listener(tx: watch::Sender<bool>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    tokio::spawn(async move {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!(signal = "SIGTERM", "stop requested"),
+            _ = int.recv() => tracing::info!(signal = "SIGINT", "stop requested"),
+        }
+        notify(&[NotifyState::Stopping]);
+        let _ = tx.send(true);
+    });
 }

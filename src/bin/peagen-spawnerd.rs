@@ -1,1 +1,3 @@
-fn main() {}
+fn main() {
+    std::process::exit(peagen_fabric::spawner::cli_main());
+}

@@ -1,0 +1,314 @@
+//! Test support: a real systemd (PID 1 of a private PID+mount namespace over
+//! an overlay of the host root, see tests/box/box.sh) and a private
+//! redis-server on host loopback, with the project's real binaries installed.
+//! Each [`TestBox`] is independent (own overlay, cgroup subtree, Redis port),
+//! so tests in one binary may run in parallel. Tests skip only when not root.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+pub const BOX_SH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/box/box.sh");
+pub const CONFIG_IN_BOX: &str = "/etc/peagen/peagen.toml";
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// `None` (after printing why) when the box cannot be used: not root.
+pub fn skip_unless_root(test: &str) -> bool {
+    if is_root() {
+        return false;
+    }
+    eprintln!("SKIP {test}: needs root to boot systemd in a private namespace (CI runs as root)");
+    true
+}
+
+pub struct TestBox {
+    pub dir: PathBuf,
+    pub pid: u32,
+    pub redis_port: u16,
+    /// Host-side copy of the config (for peagenctl on the host).
+    pub config_path: PathBuf,
+    pub metrics_port: u16,
+}
+
+fn scratch_root() -> PathBuf {
+    // Never under /tmp: the box gets a private /tmp.
+    let base = option_env!("CARGO_TARGET_TMPDIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp"));
+    base.join("peagen-boxes")
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl TestBox {
+    /// Boot a box named `name` and install the binaries built for this test run.
+    pub fn start(name: &str) -> TestBox {
+        let dir = scratch_root().join(format!("{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let _ = Command::new(BOX_SH).args(["stop"]).arg(&dir).output();
+        let out = Command::new(BOX_SH)
+            .arg("start")
+            .arg(&dir)
+            .env("BOX_REDIS_PORT", free_port().to_string())
+            .output()
+            .expect("running tests/box/box.sh");
+        assert!(
+            out.status.success(),
+            "box start failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let field = |k: &str| -> String {
+            text.split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{k}=")).map(str::to_string))
+                .unwrap_or_else(|| panic!("box start printed no {k}: {text}"))
+        };
+        let b = TestBox {
+            pid: field("pid").parse().unwrap(),
+            redis_port: field("redis_port").parse().unwrap(),
+            config_path: dir.join("peagen.toml"),
+            metrics_port: free_port(),
+            dir,
+        };
+        for bin in ["peagen-worker", "peagen-spawnerd", "peagenctl"] {
+            b.install(Path::new(&bin_path(bin)), &format!("/usr/local/bin/{bin}"));
+        }
+        b
+    }
+
+    pub fn redis_url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.redis_port)
+    }
+
+    /// Copy a host file into the box.
+    pub fn install(&self, src: &Path, dst: &str) {
+        let out = Command::new(BOX_SH)
+            .arg("install")
+            .arg(&self.dir)
+            .arg(src)
+            .arg(dst)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "install {src:?}: {out:?}");
+    }
+
+    /// Write `contents` to `dst` inside the box.
+    pub fn write(&self, dst: &str, contents: &str) {
+        let tmp = self.dir.join("install.tmp");
+        std::fs::write(&tmp, contents).unwrap();
+        self.install(&tmp, dst);
+    }
+
+    /// Run a command inside the box.
+    pub fn exec(&self, args: &[&str]) -> Output {
+        Command::new(BOX_SH)
+            .arg("exec")
+            .arg(&self.dir)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// Run `sh -c script` inside the box; stdout (panics on failure).
+    pub fn sh(&self, script: &str) -> String {
+        let o = self.exec(&["sh", "-c", script]);
+        assert!(
+            o.status.success(),
+            "box sh {script:?} failed: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Write the peagen config (host copy + box copy). `extra` is appended TOML.
+    pub fn write_config(&self, spawner: &str, extra: &str) {
+        let text = format!(
+            r#"[redis]
+url = "{url}"
+[metrics]
+spawner-listen = "127.0.0.1:{mport}"
+[log]
+level = "info"
+[spawner]
+reclaim-interval-secs = 5
+{spawner}
+[spawner.worker-unit]
+exec-start = ["/usr/local/bin/peagen-worker", "--config", "{CONFIG_IN_BOX}"]
+timeout-stop-secs = 30
+[[handlers.command]]
+kind = "sleep"
+program = "/bin/sh"
+args = ["-c", "sleep 2; cat"]
+[[handlers.command]]
+kind = "slow"
+program = "/bin/sh"
+args = ["-c", "sleep 15; cat"]
+{extra}
+"#,
+            url = self.redis_url(),
+            mport = self.metrics_port,
+        );
+        std::fs::write(&self.config_path, &text).unwrap();
+        self.write(CONFIG_IN_BOX, &text);
+    }
+
+    /// Start peagen-spawnerd as a Type=notify service in the box; returns once
+    /// it sent READY=1 (systemd-run waits for the start job).
+    pub fn start_spawnerd(&self) {
+        self.sh(&format!(
+            "systemd-run --unit=peagen-spawnerd -p Type=notify -p NotifyAccess=main \
+             -p WatchdogSec=30 /usr/local/bin/peagen-spawnerd --config {CONFIG_IN_BOX}"
+        ));
+    }
+
+    /// Worker units with their ActiveState.
+    pub fn worker_units(&self) -> Vec<(String, String)> {
+        let out = self.sh(
+            "systemctl list-units --all --plain --no-legend --no-pager 'peagen-worker@*' | awk '{print $1, $3}'",
+        );
+        out.lines()
+            .filter_map(|l| {
+                let mut it = l.split_whitespace();
+                Some((it.next()?.to_string(), it.next()?.to_string()))
+            })
+            .collect()
+    }
+
+    pub fn live_workers(&self) -> usize {
+        self.worker_units()
+            .iter()
+            .filter(|(_, s)| s == "active" || s == "activating" || s == "deactivating")
+            .count()
+    }
+
+    /// `peagenctl` on the host, against the box's Redis; parsed JSON.
+    pub fn ctl_json(&self, args: &[&str]) -> Value {
+        let o = self.ctl(args);
+        assert!(o.status.success(), "peagenctl {args:?}: {o:?}");
+        serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|e| panic!("peagenctl {args:?} printed non-JSON ({e}): {o:?}"))
+    }
+
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(bin_path("peagenctl"))
+            .arg("--config")
+            .arg(&self.config_path)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    pub fn push(&self, kind: &str, count: usize) -> Vec<String> {
+        let o = self.ctl(&["push", "--json", "-k", kind, "--count", &count.to_string()]);
+        assert!(o.status.success(), "push: {o:?}");
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter_map(|v| v["task_id"].as_str().map(str::to_string))
+            .collect()
+    }
+
+    pub fn stats(&self) -> Value {
+        self.ctl_json(&["queue", "stats", "--json"])
+    }
+
+    /// The task's result record, if there is one yet.
+    pub fn result(&self, task_id: &str) -> Option<Value> {
+        let o = self.ctl(&["task", "get", task_id, "--json"]);
+        o.status
+            .success()
+            .then(|| serde_json::from_slice(&o.stdout).ok())
+            .flatten()
+    }
+
+    /// The spawner's Prometheus text (empty if the endpoint is not up).
+    pub fn metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)) else {
+            return String::new();
+        };
+        let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
+        if c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").is_err() {
+            return String::new();
+        }
+        let mut resp = String::new();
+        let _ = c.read_to_string(&mut resp);
+        resp.split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_string())
+            .unwrap_or_default()
+    }
+
+    /// Value of one metric line (exact name + labels) from [`Self::metrics`].
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        self.metrics().lines().find_map(|l| {
+            let (name, v) = l.rsplit_once(' ')?;
+            (name == series).then(|| v.parse().ok()).flatten()
+        })
+    }
+
+    pub fn journal(&self, args: &str) -> String {
+        self.sh(&format!("journalctl --no-pager -o cat {args}"))
+    }
+}
+
+impl Drop for TestBox {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // Leave a trace for the failure report.
+            let j = self.exec(&[
+                "journalctl",
+                "--no-pager",
+                "-n",
+                "80",
+                "-u",
+                "peagen-spawnerd",
+            ]);
+            eprintln!(
+                "--- spawnerd journal ---\n{}",
+                String::from_utf8_lossy(&j.stdout)
+            );
+        }
+        let stopped = Command::new(BOX_SH).arg("stop").arg(&self.dir).output();
+        // Keep the overlay of a failed test for inspection.
+        if !std::thread::panicking() && stopped.is_ok_and(|o| o.status.success()) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+pub fn bin_path(name: &str) -> String {
+    match name {
+        "peagen-worker" => env!("CARGO_BIN_EXE_peagen-worker").into(),
+        "peagen-spawnerd" => env!("CARGO_BIN_EXE_peagen-spawnerd").into(),
+        "peagenctl" => env!("CARGO_BIN_EXE_peagenctl").into(),
+        _ => panic!("unknown binary {name}"),
+    }
+}
+
+/// Poll `f` every 200 ms until it returns `Some`, or panic after `deadline`
+/// (a generous bound for "eventually", not a timing assertion).
+pub fn eventually<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let t0 = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if t0.elapsed() > deadline {
+            panic!("timed out after {deadline:?} waiting for: {what}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

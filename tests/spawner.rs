@@ -1,0 +1,268 @@
+//! peagen-spawnerd against a real systemd 252 (booted in a private namespace
+//! by tests/box/box.sh), real D-Bus, real Redis and the real peagen-worker.
+//! Each test boots its own box (under a second) and skips only when not root.
+
+mod common;
+
+use common::{eventually, skip_unless_root, TestBox};
+use std::collections::HashSet;
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(90);
+
+#[test]
+fn burst_scales_up_to_policy_drains_and_idles_down_to_warm_pool() {
+    if skip_unless_root("burst") {
+        return;
+    }
+    let b = TestBox::start("burst");
+    // 20 tasks, 2 per worker, warm 1: desired min(6, 10 + 1) = 6.
+    b.write_config(
+        "max = 6\nwarm-pool = 1\ntasks-per-worker = 2\nidle-timeout-secs = 3\nscale-down-window-secs = 3",
+        "",
+    );
+    b.start_spawnerd();
+    eventually("warm pool of 1", LONG, || {
+        (b.live_workers() == 1).then_some(())
+    });
+    let ids = b.push("sleep", 20);
+    assert_eq!(ids.len(), 20);
+    let mut peak = 0;
+    eventually("queue drained (20 results)", LONG, || {
+        peak = peak.max(b.live_workers());
+        let s = b.stats();
+        (s["results"] == 20 && s["length"] == 0).then_some(())
+    });
+    assert_eq!(peak, 6, "scaled up to exactly the policy's number");
+    for id in &ids {
+        let r = b.result(id).expect("every task has a result");
+        assert_eq!(r["status"], "ok", "{r}");
+    }
+    assert_eq!(b.stats()["dead_letters"], 0);
+    // Idle workers go after the idle timeout, down to the warm pool.
+    eventually("back to the warm pool", LONG, || {
+        (b.live_workers() == 1).then_some(())
+    });
+    let m = b.metrics();
+    assert!(m.contains("peagen_spawn_ready_seconds_count"), "{m}");
+    assert!(
+        b.metric("peagen_worker_stops_total").unwrap_or(0.0) >= 5.0,
+        "{m}"
+    );
+    assert_eq!(b.metric("peagen_workers_desired"), Some(1.0));
+}
+
+#[test]
+fn killed_busy_worker_gets_its_task_requeued_and_finished_elsewhere() {
+    if skip_unless_root("kill") {
+        return;
+    }
+    let b = TestBox::start("kill");
+    b.write_config("max = 4\nwarm-pool = 1\nidle-timeout-secs = 600", "");
+    b.start_spawnerd();
+    eventually("a warm worker", LONG, || {
+        (b.live_workers() == 1).then_some(())
+    });
+    let id = b.push("slow", 1).remove(0);
+    // The worker that holds it.
+    let victim: String = eventually("the task in flight", LONG, || {
+        let s = b.stats();
+        s["consumers"]
+            .as_array()?
+            .iter()
+            .find(|c| c["pending"] == 1)
+            .and_then(|c| c["name"].as_str().map(str::to_string))
+    });
+    let unit = format!("peagen-worker@{victim}.service");
+    b.sh(&format!("systemctl kill -s KILL {unit}"));
+    let r = eventually("the task finished by another worker", LONG, || {
+        b.result(&id)
+    });
+    assert_eq!(r["status"], "ok", "{r}");
+    assert_ne!(r["worker_id"], victim.as_str(), "{r}");
+    assert_eq!(r["attempts"], 2, "re-queued with attempts+1: {r}");
+    assert!(
+        b.metric("peagen_reclaimed_tasks_total{outcome=\"requeued\"}")
+            .unwrap_or(0.0)
+            >= 1.0
+    );
+    // The failed unit was read and reset, not left to pile up.
+    eventually("failed unit reset", LONG, || {
+        (!b.worker_units().iter().any(|(u, _)| *u == unit)).then_some(())
+    });
+    let j = b.journal("-u peagen-spawnerd");
+    assert!(j.contains("re-queued the tasks of a dead worker"), "{j}");
+}
+
+#[test]
+fn restarting_spawnerd_neither_duplicates_nor_orphans_workers() {
+    if skip_unless_root("restart") {
+        return;
+    }
+    let b = TestBox::start("restart");
+    b.write_config(
+        "max = 5\nwarm-pool = 2\nidle-timeout-secs = 2\nscale-down-window-secs = 2",
+        "",
+    );
+    b.start_spawnerd();
+    eventually("warm pool of 2", LONG, || {
+        (b.live_workers() == 2).then_some(())
+    });
+    let ids = b.push("sleep", 12);
+    eventually("scaled up", LONG, || (b.live_workers() == 5).then_some(()));
+    let before: HashSet<String> = b.worker_units().into_iter().map(|(u, _)| u).collect();
+    b.sh("systemctl restart peagen-spawnerd");
+    // The same units are still there (workers outlive the spawner) and no
+    // extra ones appear: the new instance rebuilt its view from systemd.
+    let after: HashSet<String> = b.worker_units().into_iter().map(|(u, _)| u).collect();
+    assert!(
+        before.is_subset(&after) || before == after,
+        "{before:?} vs {after:?}"
+    );
+    let mut peak = 0;
+    eventually("queue drained", LONG, || {
+        peak = peak.max(b.live_workers());
+        let s = b.stats();
+        (s["results"] == 12 && s["length"] == 0).then_some(())
+    });
+    assert!(peak <= 5, "never above max: {peak}");
+    for id in &ids {
+        let r = b.result(id).expect("result");
+        if r["attempts"] != 1 {
+            let j = b.journal(&format!("-u peagen-spawnerd -o short-precise; journalctl --no-pager -o short-precise TASK_ID={id}"));
+            panic!("task ran twice: {r}\n{j}");
+        }
+    }
+    eventually("back to exactly the warm pool", LONG, || {
+        (b.live_workers() == 2).then_some(())
+    });
+    // No orphans: every consumer left is a live worker unit.
+    let live: HashSet<String> = b
+        .worker_units()
+        .into_iter()
+        .filter(|(_, s)| s == "active")
+        .map(|(u, _)| u)
+        .collect();
+    eventually("no consumers without a unit", LONG, || {
+        let s = b.stats();
+        s["consumers"]
+            .as_array()?
+            .iter()
+            .all(|c| {
+                let n = c["name"].as_str().unwrap_or("");
+                live.contains(&format!("peagen-worker@{n}.service")) || c["pending"] == 0
+            })
+            .then_some(())
+    });
+    assert_eq!(b.stats()["pending"], 0);
+}
+
+#[test]
+fn worker_failing_at_start_opens_the_breaker_instead_of_a_storm() {
+    if skip_unless_root("breaker") {
+        return;
+    }
+    let b = TestBox::start("breaker");
+    // A worker that exits at once, before READY=1.
+    b.write_config(
+        "max = 8\nwarm-pool = 0\nfailure-threshold = 3\nbackoff-initial-secs = 600",
+        "",
+    );
+    let cfg = std::fs::read_to_string(&b.config_path).unwrap().replace(
+        "exec-start = [\"/usr/local/bin/peagen-worker\"",
+        "exec-start = [\"/bin/false\", \"/usr/local/bin/peagen-worker\"",
+    );
+    std::fs::write(&b.config_path, &cfg).unwrap();
+    b.write(common::CONFIG_IN_BOX, &cfg);
+    b.start_spawnerd();
+    b.push("echo", 20);
+    eventually("breaker open", LONG, || {
+        (b.metric("peagen_spawner_breaker_open") == Some(1.0)).then_some(())
+    });
+    let status = b.sh("systemctl show -p StatusText --value peagen-spawnerd");
+    assert!(status.contains("BREAKER OPEN"), "{status}");
+    let spawns = b.metric("peagen_spawns_total").unwrap();
+    // 3 failures open it; starts already in flight in that tick may add a few,
+    // bounded by one tick's rate limit (8) — but never a storm.
+    assert!((3.0..=8.0).contains(&spawns), "spawns {spawns}");
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        b.metric("peagen_spawns_total").unwrap(),
+        spawns,
+        "no starts while open"
+    );
+    let j = b.journal("-u peagen-spawnerd");
+    assert!(j.contains("spawn circuit breaker open"), "{j}");
+    // No failed units piling up.
+    eventually("failed units reset", LONG, || {
+        b.worker_units().is_empty().then_some(())
+    });
+}
+
+#[test]
+fn dropin_applies_to_transient_workers_and_journal_has_worker_id_field() {
+    if skip_unless_root("dropin") {
+        return;
+    }
+    let b = TestBox::start("dropin");
+    b.write(
+        "/etc/systemd/system/peagen-worker@.service.d/50-test.conf",
+        "[Service]\nEnvironment=PEAGEN_DROPIN_TEST=applied\nNice=5\n",
+    );
+    b.sh("systemctl daemon-reload");
+    b.write_config("max = 2\nwarm-pool = 1", "");
+    b.start_spawnerd();
+    let unit = eventually("a running worker", LONG, || {
+        b.worker_units()
+            .into_iter()
+            .find(|(_, s)| s == "active")
+            .map(|(u, _)| u)
+    });
+    let show = b.sh(&format!(
+        "systemctl show -p Environment -p Nice -p DropInPaths {unit}"
+    ));
+    assert!(show.contains("PEAGEN_DROPIN_TEST=applied"), "{show}");
+    assert!(show.contains("Nice=5"), "{show}");
+    let id = unit
+        .strip_prefix("peagen-worker@")
+        .unwrap()
+        .strip_suffix(".service")
+        .unwrap()
+        .to_string();
+    assert!(show.contains(&format!("PEAGEN_WORKER_ID={id}")), "{show}");
+    // The worker's own process really runs niced (the drop-in took effect).
+    let pid = b.sh(&format!("systemctl show -p MainPID --value {unit}"));
+    let nice = b.sh(&format!("ps -o ni= -p {}", pid.trim()));
+    assert_eq!(nice.trim(), "5");
+    let task = b.push("echo", 1).remove(0);
+    eventually("echo result", LONG, || b.result(&task));
+    let j = eventually("worker log by PEAGEN_WORKER_ID", LONG, || {
+        let j = b.journal(&format!("PEAGEN_WORKER_ID={id}"));
+        (!j.trim().is_empty()).then_some(j)
+    });
+    assert!(!j.contains("-- No entries --"), "{j}");
+    // And only that worker's lines.
+    let other = b.journal("PEAGEN_WORKER_ID=00000000-0000-0000-0000-000000000000");
+    assert!(
+        other.trim().is_empty() || other.contains("No entries"),
+        "{other}"
+    );
+}
+
+#[test]
+fn template_unit_on_disk_blocks_transient_workers() {
+    if skip_unless_root("template") {
+        return;
+    }
+    // Documents why the spawner ships no peagen-worker@.service fragment.
+    let b = TestBox::start("template");
+    b.write(
+        "/etc/systemd/system/peagen-worker@.service",
+        "[Service]\nExecStart=/bin/true\n",
+    );
+    b.sh("systemctl daemon-reload");
+    let o = b.exec(&["systemd-run", "--unit=peagen-worker@x.service", "/bin/true"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("already") || err.contains("fragment"), "{err}");
+}
