@@ -80,3 +80,45 @@ async fn task_timeout_clamps_the_wall_clock() {
     assert_eq!(o.data["verdict"]["status"], "timeout", "{o:?}");
     assert_eq!(o.data["verdict"]["limits"]["wall_ms"]["value"], 200);
 }
+
+/// The function the `command` handler's `sandbox = true` option uses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_program_for_the_command_handler() {
+    use peagen_fabric::sandbox::{LimitRequest, Sandbox, Status as V};
+    use std::sync::Arc;
+    let sb = Arc::new(Sandbox::new(&SandboxConfig::default()).unwrap());
+    let mut env = std::collections::BTreeMap::new();
+    env.insert("PEAGEN_TASK_ID".to_string(), "t-1".to_string());
+    let v = sb
+        .run_program(
+            std::path::Path::new("/bin/sh"),
+            &[
+                "-c".into(),
+                "cat; echo \" $PEAGEN_TASK_ID\"; exit 75".into(),
+            ],
+            b"{\"task\":1}".to_vec(),
+            env,
+            LimitRequest::default(),
+        )
+        .await;
+    assert_eq!(v.status, V::RuntimeError, "{v:?}");
+    assert_eq!(v.exit_code, Some(75));
+    assert_eq!(v.stdout, "{\"task\":1} t-1\n");
+}
+
+#[test]
+fn sandbox_run_cli_exit_codes() {
+    use peagen_fabric::sandbox::run_cli;
+    let a = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    assert_eq!(run_cli(a(&["--json", "--", "/bin/true"])), 0);
+    assert_eq!(run_cli(a(&["--", "/bin/sh", "-c", "exit 3"])), 3);
+    assert_eq!(
+        run_cli(a(&["--wall-ms", "100", "--", "/bin/sleep", "5"])),
+        124
+    );
+    assert_eq!(
+        run_cli(a(&["--", "/bin/sh", "-c", "kill -TERM $$"])),
+        128 + 15
+    );
+    assert_eq!(run_cli(a(&["--bogus"])), 64);
+}
