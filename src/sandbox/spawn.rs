@@ -21,14 +21,13 @@
 //!    pid namespace. The parent polls output, pidfd and the clock.
 
 use super::cgroup::TaskCgroups;
-use super::filter::{self, LlPathBeneath, LlRulesetAttr};
+use super::filter::{self, BpfProgram, LlPathBeneath, LlRulesetAttr};
 use super::{
     check_rel_path, cstr, signal_name, Effective, Enforced, EnforcedLimits, Mechanism, Request,
     RequestError, Sandbox, Status, Verdict, MAX_FILES, WORK_DIR,
 };
 use crate::config::SandboxConfig;
 use libc::{c_char, c_int, c_ulong, c_void};
-use seccompiler::BpfProgram;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -62,7 +61,7 @@ pub struct Fixed {
     bound: Vec<PathBuf>,
     work_dst: CString,
     proc_dst: CString,
-    seccomp: Vec<BpfProgram>,
+    seccomp: BpfProgram,
     pub landlock_abi: u32,
     /// (empty netns, the process's own netns) when tasks share one.
     pub shared_net: Option<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)>,
@@ -290,7 +289,7 @@ impl Fixed {
             bound,
             work_dst: c(&work),
             proc_dst: c(&proc_),
-            seccomp: filter::programs(filter::FilterOptions::default())?,
+            seccomp: filter::program(filter::FilterOptions::default())?,
             landlock_abi: abi,
             last_cap,
             host_uid,
@@ -669,7 +668,8 @@ unsafe fn child_main(p: &Plan) -> ! {
         }
 
         // seccomp last.
-        for prog in &f.seccomp {
+        {
+            let prog = &f.seccomp;
             let fprog = libc::sock_fprog {
                 len: prog.len() as u16,
                 filter: prog.as_ptr() as *mut libc::sock_filter,
