@@ -161,6 +161,8 @@ fn mech(c: &Option<(Ver, PathBuf)>) -> Mechanism {
 }
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
+/// Task cgroups whose removal hit EBUSY, retried after later tasks.
+static PENDING: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
 
 /// The cgroups of one task.
 #[derive(Debug, Default)]
@@ -320,19 +322,24 @@ impl TaskCgroups {
         }
     }
 
-    /// Remove the cgroups (all processes are gone once the pid namespace's
-    /// init has been reaped; retry briefly while the kernel finishes exits).
+    /// Remove the cgroups. All processes are gone once the pid namespace's
+    /// init has been reaped, but the kernel may still be finishing their
+    /// exit (EBUSY): such directories are retried on later runs instead of
+    /// sleeping here.
     pub fn remove(self) {
+        let mut busy = Vec::new();
         for p in self.dirs() {
-            for _ in 0..50 {
-                match fs::remove_dir(p) {
-                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                        std::thread::sleep(std::time::Duration::from_millis(2))
-                    }
-                    _ => break,
+            if let Err(e) = fs::remove_dir(p) {
+                if e.raw_os_error() == Some(libc::EBUSY) {
+                    busy.push(p.clone());
                 }
             }
         }
+        let mut pending = PENDING.lock().unwrap_or_else(|e| e.into_inner());
+        pending.retain(
+            |p| matches!(fs::remove_dir(p), Err(e) if e.raw_os_error() == Some(libc::EBUSY)),
+        );
+        pending.extend(busy);
     }
 }
 
