@@ -322,6 +322,8 @@ struct Plan<'a> {
     argv_ptrs: Vec<*const c_char>,
     envp_ptrs: Vec<*const c_char>,
     hostname: CString,
+    /// Stack of the user process between its clone and execve.
+    user_stack: Vec<u8>,
     stdin_fd: c_int,
     out_w: c_int,
     err_w: c_int,
@@ -707,39 +709,18 @@ unsafe fn child_main(p: &Plan) -> ! {
         }
         let st = 3;
 
-        let pid = libc::syscall(
-            libc::SYS_clone,
-            libc::SIGCHLD as c_ulong,
-            0usize,
-            0usize,
-            0usize,
-            0usize,
+        // vfork-style: the user process borrows the reaper's memory (no
+        // second page-table copy of the worker) until it execs; the reaper
+        // is single-threaded and suspended meanwhile.
+        let stack = p.user_stack.as_ptr().add(p.user_stack.len()) as usize & !15;
+        let pid = libc::clone(
+            user_main,
+            stack as *mut c_void,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            p as *const Plan as *mut c_void,
         );
         if pid < 0 {
             fail(st, 23);
-        }
-        if pid == 0 {
-            // The user process.
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-            for sig in 1..=64 {
-                if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                    libc::signal(sig, libc::SIG_DFL);
-                }
-            }
-            libc::setsid();
-            let mut err = libc::ENOENT;
-            for path in &p.exec_paths {
-                libc::execve(path.as_ptr(), p.argv_ptrs.as_ptr(), p.envp_ptrs.as_ptr());
-                let e = errno();
-                if e != libc::ENOENT && e != libc::ENOTDIR {
-                    err = e;
-                }
-            }
-            let msg = [TAG_EXEC, err, 0];
-            libc::write(st, msg.as_ptr() as *const c_void, 12);
-            libc::_exit(127);
         }
         // The reaper: keep nothing of the task's stdio.
         libc::close(0);
@@ -757,6 +738,37 @@ unsafe fn child_main(p: &Plan) -> ! {
                 libc::_exit(122);
             }
         }
+    }
+}
+
+/// The user process, on its own stack, sharing the reaper's memory until
+/// `execve`. Never returns.
+extern "C" fn user_main(arg: *mut c_void) -> c_int {
+    // SAFETY: `arg` is the reaper's `&Plan`, alive and unchanged (the reaper
+    // is suspended by CLONE_VFORK); only async-signal-safe calls follow.
+    unsafe {
+        let p = &*(arg as *const Plan);
+        let st = 3;
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        for sig in 1..=64 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+        libc::setsid();
+        let mut err = libc::ENOENT;
+        for path in &p.exec_paths {
+            libc::execve(path.as_ptr(), p.argv_ptrs.as_ptr(), p.envp_ptrs.as_ptr());
+            let e = errno();
+            if e != libc::ENOENT && e != libc::ENOTDIR {
+                err = e;
+            }
+        }
+        let msg = [TAG_EXEC, err, 0];
+        libc::write(st, msg.as_ptr() as *const c_void, 12);
+        libc::_exit(127)
     }
 }
 
@@ -941,6 +953,7 @@ fn plan<'a>(
             argv_ptrs,
             envp_ptrs,
             hostname: c"sandbox".to_owned(),
+            user_stack: vec![0u8; 64 << 10],
             stdin_fd: -1,
             out_w: -1,
             err_w: -1,
