@@ -3,9 +3,10 @@
 #  - `systemd-analyze verify` on every unit, with the example drop-ins applied:
 #    any output is a failure (verify exits 0 on unknown keys).
 #  - `systemd-analyze security --offline=true` exposure gates:
-#    peagen-spawnerd.service <= 2.0, the worker transient property set <= 3.0
-#    (units/peagen-worker-transient.reference.service, and the spawner's own
-#    rendering when `peagenctl debug render-worker-unit` exists).
+#    peagen-spawnerd.service <= 2.0, the worker transient property set <= 3.0:
+#    both the proposal units/peagen-worker-transient.reference.service and
+#    what the spawner really sends (systemd::render_worker_unit, rendered by
+#    tests/package_units.rs).
 #  - every Documentation=man: page is shipped in packaging/man/.
 # verify needs the ExecStart= binaries: they are staged with the host's unit
 # files into a scratch root used with --root=, nothing is installed on the host.
@@ -49,13 +50,17 @@ cp packaging/examples/peagen-workers-slice.conf "$root/etc/systemd/system/peagen
 cp packaging/examples/20-remote-redis.conf "$root/etc/systemd/system/peagen-spawnerd.service.d/"
 : > "$root/etc/peagen/redis.env"
 
-rendered=
-if "$BIN_DIR/peagenctl" debug render-worker-unit --config packaging/peagen.toml > "$root/rendered" 2>/dev/null \
-        && [ -s "$root/rendered" ]; then
-    rendered=$root/rendered
-    cp "$rendered" "$unitdir/peagen-worker@rendered.service"
+# The spawner's own rendering of the worker property set
+# (systemd::render_worker_unit with the default config), via the test helper
+# in tests/package_units.rs.
+rendered=$root/rendered
+if ! PEAGEN_RENDER_WORKER_UNIT_TO="$rendered" cargo test --quiet --locked --test package_units \
+        render_worker_unit_for_check_units > "$root/render.log" 2>&1 || [ ! -s "$rendered" ]; then
+    cat "$root/render.log" >&2
+    err "could not render the worker unit with render_worker_unit"
+    rendered=
 else
-    echo "check-units: note: peagenctl debug render-worker-unit not available; scoring the reference property set only"
+    cp "$rendered" "$unitdir/peagen-worker@rendered.service"
 fi
 
 units="peagen-spawnerd.service peagen-workers.slice peagen-worker@reference.service"

@@ -826,25 +826,11 @@ pub struct SpawnerCli {
 pub fn cli_main() -> i32 {
     use clap::Parser;
     let cli = SpawnerCli::parse();
-    let cfg = match Config::load(cli.config.as_deref()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("peagen-spawnerd: {e}");
-            return crate::exit::CONFIG;
-        }
-    };
-    crate::telemetry::init(&cfg.log, "peagen-spawnerd");
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("peagen-spawnerd: cannot start the async runtime: {e}");
-            return crate::exit::FAILURE;
-        }
-    };
+    let (cfg, rt) =
+        match crate::telemetry::bootstrap("peagen-spawnerd", cli.config.as_deref(), true) {
+            Ok(x) => x,
+            Err(code) => return code,
+        };
     let path = cli.config.or_else(|| {
         std::path::Path::new(crate::config::DEFAULT_PATH)
             .exists()

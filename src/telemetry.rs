@@ -90,3 +90,29 @@ pub fn watchdog_interval() -> Option<std::time::Duration> {
 pub fn hostname() -> String {
     gethostname::gethostname().to_string_lossy().into_owned()
 }
+
+/// Common start of the daemons: load config (exit 78 on error), set up
+/// logging, build the runtime. `Err` carries the exit code.
+pub fn bootstrap(
+    binary: &str,
+    config: Option<&std::path::Path>,
+    multi_thread: bool,
+) -> Result<(crate::config::Config, tokio::runtime::Runtime), i32> {
+    let cfg = crate::config::Config::load(config).map_err(|e| {
+        eprintln!("{binary}: {e}");
+        crate::exit::CONFIG
+    })?;
+    init(&cfg.log, binary);
+    let mut builder = if multi_thread {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(2);
+        b
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    let rt = builder.enable_all().build().map_err(|e| {
+        eprintln!("{binary}: cannot start the async runtime: {e}");
+        crate::exit::FAILURE
+    })?;
+    Ok((cfg, rt))
+}

@@ -119,6 +119,7 @@ impl Worker {
         let mut last_pel_check = Instant::now();
         let mut backoff = Duration::from_millis(100);
         let mut ready = false;
+        let mut pel_suspect = false;
         let mut up_mark = Instant::now();
         let idle_exit = Duration::from_secs(self.cfg.worker.idle_exit_secs);
         let max_uptime = Duration::from_secs(self.cfg.worker.max_uptime_secs);
@@ -149,15 +150,32 @@ impl Worker {
                     }
                 }
             }
-            if !idle_exit.is_zero() && last_activity.elapsed() >= idle_exit {
-                return ExitReason::Idle;
+            let exit = if !idle_exit.is_zero() && last_activity.elapsed() >= idle_exit {
+                Some(ExitReason::Idle)
+            } else if !max_uptime.is_zero() && started.elapsed() >= max_uptime {
+                Some(ExitReason::MaxUptime)
+            } else {
+                None
+            };
+            if let Some(reason) = exit {
+                // Leave nothing behind that a read delivered but we never saw.
+                match self.drain_own_pel().await {
+                    Ok(0) => return reason,
+                    Ok(_) => {
+                        last_activity = Instant::now();
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(worker_id = %self.id, error = %e, "final check of own pending entries failed");
+                        return reason;
+                    }
+                }
             }
-            if !max_uptime.is_zero() && started.elapsed() >= max_uptime {
-                return ExitReason::MaxUptime;
-            }
-            if last_pel_check.elapsed()
-                >= Duration::from_secs(self.cfg.worker.pending_retry_secs.max(1))
+            if pel_suspect
+                || last_pel_check.elapsed()
+                    >= Duration::from_secs(self.cfg.worker.pending_retry_secs.max(1))
             {
+                pel_suspect = false;
                 last_pel_check = Instant::now();
                 match self.drain_own_pel().await {
                     Ok(n) if n > 0 => last_activity = Instant::now(),
@@ -178,6 +196,9 @@ impl Worker {
                     }
                 }
                 Err(e) => {
+                    // A read that timed out on our side may still have been
+                    // served: the entry then sits in our pending list unseen.
+                    pel_suspect = true;
                     tracing::warn!(worker_id = %self.id, error = %e, retry_in_ms = backoff.as_millis() as u64, "reading tasks failed; backing off");
                     notify(&[NotifyState::Status(&format!("Redis error, retrying: {e}"))]);
                     self.pause(backoff).await;
@@ -206,7 +227,8 @@ impl Worker {
         Ok(())
     }
 
-    /// Re-read and process this consumer's pending entries. Returns how many.
+    /// Re-read and process this consumer's pending entries. Returns how many
+    /// were finished (entries left pending on purpose do not count).
     pub async fn drain_own_pel(&mut self) -> Result<usize, QueueError> {
         let mut n = 0;
         let mut seen = std::collections::HashSet::new();
@@ -223,8 +245,9 @@ impl Worker {
                 break; // everything left is pending on purpose (backend down)
             }
             for e in fresh {
-                self.handle(e, true).await;
-                n += 1;
+                if self.handle(e, true).await != Handled::LeftPending {
+                    n += 1;
+                }
             }
         }
         Ok(n)
@@ -431,9 +454,13 @@ impl Worker {
         tokio::pin!(fut);
         let timeout = task.timeout_ms.map(Duration::from_millis);
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-        let mut hb = tokio::time::interval(HEARTBEAT);
-        hb.tick().await;
-        let mut wd = tokio::time::interval(Duration::from_secs(1));
+        // First ticks one period from now: an `interval`'s immediate first
+        // tick still goes through the timer wheel (1 ms resolution) and cost
+        // every task ~1 ms of idle waiting (see docs/benchmarks.md).
+        let now = tokio::time::Instant::now();
+        let mut hb = tokio::time::interval_at(now + HEARTBEAT, HEARTBEAT);
+        let wd_every = Duration::from_secs(1);
+        let mut wd = tokio::time::interval_at(now + wd_every, wd_every);
         let mut rx = self.shutdown.clone();
         let mut drain_deadline: Option<tokio::time::Instant> = None;
         if *rx.borrow() {
@@ -697,24 +724,13 @@ pub fn cli_main() -> i32 {
     if let Some(WorkerCmd::SandboxRun { args }) = cli.cmd {
         return crate::sandbox::run_cli(args);
     }
-    let cfg = match Config::load(cli.config.as_deref()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("peagen-worker: {e}");
-            return crate::exit::CONFIG;
-        }
-    };
-    crate::telemetry::init(&cfg.log, "peagen-worker");
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
+    // One thread: the consume loop is sequential and every handler is async
+    // (blocking work goes to spawn_blocking). A multi-thread runtime only
+    // added cross-thread wake-ups (futex/eventfd) to each Redis round trip.
+    let (cfg, rt) = match crate::telemetry::bootstrap("peagen-worker", cli.config.as_deref(), false)
     {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("peagen-worker: cannot start the async runtime: {e}");
-            return crate::exit::FAILURE;
-        }
+        Ok(x) => x,
+        Err(code) => return code,
     };
     rt.block_on(async_main(cfg))
 }
