@@ -215,6 +215,15 @@ pub struct SandboxConfig {
     /// Parent cgroup (v2 path below /sys/fs/cgroup, or v1 name) for tasks;
     /// empty = detect (the worker's own delegated cgroup, else `peagen`).
     pub cgroup_parent: String,
+    /// Host uid/gid the sandbox's uid/gid 0 maps to when the worker runs as
+    /// root (an unprivileged worker always maps its own ids).
+    pub uid: u32,
+    pub gid: u32,
+    /// Join one pre-made empty network namespace instead of creating one
+    /// per task (faster, less contention). Only used when the worker is
+    /// root and landlock ABI >= 6 scopes abstract unix sockets per task;
+    /// otherwise every task gets its own network namespace.
+    pub shared_netns: bool,
 }
 
 impl Default for SandboxConfig {
@@ -242,6 +251,9 @@ impl Default for SandboxConfig {
             .collect(),
             python: PathBuf::from("/usr/bin/python3"),
             cgroup_parent: String::new(),
+            uid: 65534,
+            gid: 65534,
+            shared_netns: true,
         }
     }
 }

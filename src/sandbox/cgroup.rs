@@ -1,0 +1,361 @@
+//! cgroup limits for a task: v2 when the controller is available in a
+//! delegated v2 subtree, v1 otherwise (hybrid hosts), nothing when neither is
+//! writable (then the child falls back to rlimits; the verdict says so).
+//!
+//! Each task gets its own cgroup per hierarchy, created before the clone,
+//! joined by the parent writing the child's pid into `cgroup.procs` before
+//! the child unshares its cgroup namespace, and removed after the task.
+
+use super::Mechanism;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ver {
+    V1,
+    V2,
+}
+
+#[derive(Debug, Clone)]
+struct Ctl {
+    ver: Ver,
+    /// Directory under which task cgroups are created.
+    parent: PathBuf,
+}
+
+/// Where memory, pids and CPU accounting live on this host.
+#[derive(Debug, Clone, Default)]
+pub struct Backends {
+    memory: Option<Ctl>,
+    pids: Option<Ctl>,
+    cpu: Option<Ctl>,
+}
+
+fn mountinfo() -> (Option<PathBuf>, Vec<(String, PathBuf)>) {
+    let mut v2 = None;
+    let mut v1 = Vec::new();
+    let Ok(text) = fs::read_to_string("/proc/self/mountinfo") else {
+        return (None, v1);
+    };
+    for line in text.lines() {
+        let Some((pre, post)) = line.split_once(" - ") else {
+            continue;
+        };
+        let mnt = pre.split(' ').nth(4).unwrap_or("");
+        let mut post = post.split(' ');
+        let fstype = post.next().unwrap_or("");
+        let _src = post.next();
+        let opts = post.next().unwrap_or("");
+        match fstype {
+            "cgroup2" => v2 = Some(PathBuf::from(mnt)),
+            "cgroup" => {
+                for o in opts.split(',') {
+                    if matches!(o, "memory" | "pids" | "cpuacct") {
+                        v1.push((o.to_string(), PathBuf::from(mnt)));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    (v2, v1)
+}
+
+fn own_v2_cgroup() -> Option<String> {
+    let text = fs::read_to_string("/proc/self/cgroup").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_string)
+}
+
+fn writable(p: &Path) -> bool {
+    nix::unistd::access(p, nix::unistd::AccessFlags::W_OK).is_ok()
+}
+
+impl Backends {
+    /// `parent`: the configured `cgroup-parent` (v2 path below the cgroup2
+    /// mount, or the v1 directory name under each controller). Empty = v2:
+    /// the parent of our own cgroup if that is named `worker` (systemd's
+    /// `DelegateSubgroup=worker`); v1: `peagen`.
+    pub fn detect(parent: &str) -> Backends {
+        let (v2mount, v1) = mountinfo();
+        let mut b = Backends::default();
+
+        if let Some(m) = v2mount {
+            let rel = if !parent.is_empty() {
+                Some(parent.trim_matches('/').to_string())
+            } else {
+                own_v2_cgroup().and_then(|own| {
+                    let own = own.trim_matches('/');
+                    let (dir, base) = own.rsplit_once('/').unwrap_or(("", own));
+                    (base == "worker").then(|| dir.to_string())
+                })
+            };
+            if let Some(rel) = rel {
+                let p = m.join(rel);
+                if writable(&p) {
+                    let want = |c: &str| -> bool {
+                        let has = |f: &str| {
+                            fs::read_to_string(p.join(f))
+                                .map(|s| s.split_whitespace().any(|w| w == c))
+                                .unwrap_or(false)
+                        };
+                        if has("cgroup.subtree_control") {
+                            return true;
+                        }
+                        has("cgroup.controllers")
+                            && fs::write(p.join("cgroup.subtree_control"), format!("+{c}")).is_ok()
+                    };
+                    let ctl = Ctl {
+                        ver: Ver::V2,
+                        parent: p.clone(),
+                    };
+                    if want("memory") {
+                        b.memory = Some(ctl.clone());
+                    }
+                    if want("pids") {
+                        b.pids = Some(ctl.clone());
+                    }
+                    // cpu.stat usage exists in every v2 cgroup.
+                    if b.memory.is_some() || b.pids.is_some() {
+                        b.cpu = Some(ctl);
+                    }
+                }
+            }
+        }
+
+        let v1name = if parent.is_empty() {
+            "peagen"
+        } else {
+            parent.trim_matches('/')
+        };
+        for (c, m) in v1 {
+            let slot = match c.as_str() {
+                "memory" => &mut b.memory,
+                "pids" => &mut b.pids,
+                _ => &mut b.cpu,
+            };
+            if slot.is_some() {
+                continue;
+            }
+            let p = m.join(v1name);
+            let _ = fs::create_dir_all(&p);
+            if p.is_dir() && writable(&p) {
+                *slot = Some(Ctl {
+                    ver: Ver::V1,
+                    parent: p,
+                });
+            }
+        }
+        b
+    }
+}
+
+fn mech(c: &Option<(Ver, PathBuf)>) -> Mechanism {
+    match c {
+        Some((Ver::V1, _)) => Mechanism::CgroupV1,
+        Some((Ver::V2, _)) => Mechanism::CgroupV2,
+        None => Mechanism::None,
+    }
+}
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+/// Task cgroups whose removal hit EBUSY, retried after later tasks.
+static PENDING: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// The cgroups of one task.
+#[derive(Debug, Default)]
+pub struct TaskCgroups {
+    memory: Option<(Ver, PathBuf)>,
+    pids: Option<(Ver, PathBuf)>,
+    cpu: Option<(Ver, PathBuf)>,
+}
+
+fn create(ctl: &Option<Ctl>, name: &str) -> Option<(Ver, PathBuf)> {
+    let ctl = ctl.as_ref()?;
+    let p = ctl.parent.join(name);
+    match fs::create_dir(&p) {
+        Ok(()) => Some((ctl.ver, p)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Some((ctl.ver, p)),
+        Err(_) => None,
+    }
+}
+
+impl TaskCgroups {
+    /// Create the task's cgroups and write the limits. A controller whose
+    /// limit cannot be written is dropped (and so not claimed).
+    pub fn create(b: &Backends, memory: u64, pids: u64) -> TaskCgroups {
+        let name = format!(
+            "t{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut t = TaskCgroups {
+            memory: create(&b.memory, &name),
+            pids: None,
+            cpu: None,
+        };
+        // v2 controllers share one directory.
+        t.pids = match (&b.pids, &t.memory) {
+            (Some(c), Some((Ver::V2, p))) if c.ver == Ver::V2 => Some((Ver::V2, p.clone())),
+            _ => create(&b.pids, &name),
+        };
+        t.cpu = match &b.cpu {
+            Some(c) if c.ver == Ver::V2 => t
+                .memory
+                .iter()
+                .chain(t.pids.iter())
+                .find(|(v, _)| *v == Ver::V2)
+                .cloned()
+                .or_else(|| create(&b.cpu, &name)),
+            _ => create(&b.cpu, &name),
+        };
+
+        if let Some((v, p)) = &t.memory {
+            let ok = match v {
+                Ver::V2 => {
+                    let _ = fs::write(p.join("memory.swap.max"), "0");
+                    fs::write(p.join("memory.max"), memory.to_string()).is_ok()
+                }
+                Ver::V1 => {
+                    let ok = fs::write(p.join("memory.limit_in_bytes"), memory.to_string()).is_ok();
+                    // Swap must not extend the limit (absent without swap accounting).
+                    let _ = fs::write(p.join("memory.memsw.limit_in_bytes"), memory.to_string());
+                    ok
+                }
+            };
+            if !ok {
+                t.drop_one(Which::Memory);
+            }
+        }
+        if let Some((_, p)) = &t.pids {
+            if fs::write(p.join("pids.max"), pids.to_string()).is_err() {
+                t.drop_one(Which::Pids);
+            }
+        }
+        t
+    }
+
+    fn drop_one(&mut self, w: Which) {
+        let slot = match w {
+            Which::Memory => &mut self.memory,
+            Which::Pids => &mut self.pids,
+        };
+        if let Some((_, p)) = slot.take() {
+            if !self.in_use(&p) {
+                let _ = fs::remove_dir(&p);
+            }
+        }
+    }
+
+    fn in_use(&self, p: &Path) -> bool {
+        [&self.memory, &self.pids, &self.cpu]
+            .iter()
+            .any(|c| c.as_ref().is_some_and(|(_, q)| q == p))
+    }
+
+    fn dirs(&self) -> Vec<&PathBuf> {
+        let mut v: Vec<&PathBuf> = Vec::new();
+        for (_, p) in [&self.memory, &self.pids, &self.cpu].into_iter().flatten() {
+            if !v.contains(&p) {
+                v.push(p);
+            }
+        }
+        v
+    }
+
+    /// Move `pid` into every task cgroup. A controller that fails to attach
+    /// is dropped, so it is not reported as enforcing anything.
+    pub fn attach(&mut self, pid: i32) {
+        let s = pid.to_string();
+        let mut failed = Vec::new();
+        for p in self.dirs() {
+            if fs::write(p.join("cgroup.procs"), &s).is_err() {
+                failed.push(p.clone());
+            }
+        }
+        for f in failed {
+            for slot in [&mut self.memory, &mut self.pids, &mut self.cpu] {
+                if slot.as_ref().is_some_and(|(_, p)| *p == f) {
+                    *slot = None;
+                }
+            }
+            let _ = fs::remove_dir(&f);
+        }
+    }
+
+    pub fn memory_mech(&self) -> Mechanism {
+        mech(&self.memory)
+    }
+    pub fn pids_mech(&self) -> Mechanism {
+        mech(&self.pids)
+    }
+    pub fn cpu_mech(&self) -> Mechanism {
+        mech(&self.cpu)
+    }
+
+    /// Total CPU time of the task tree in nanoseconds.
+    pub fn cpu_ns(&self) -> Option<u64> {
+        let (v, p) = self.cpu.as_ref()?;
+        match v {
+            Ver::V1 => read_u64(&p.join("cpuacct.usage")),
+            Ver::V2 => keyed(&p.join("cpu.stat"), "usage_usec").map(|u| u * 1000),
+        }
+    }
+
+    pub fn peak_memory(&self) -> Option<u64> {
+        let (v, p) = self.memory.as_ref()?;
+        match v {
+            Ver::V1 => read_u64(&p.join("memory.max_usage_in_bytes")),
+            Ver::V2 => read_u64(&p.join("memory.peak")),
+        }
+    }
+
+    pub fn oom_kills(&self) -> u64 {
+        let Some((v, p)) = self.memory.as_ref() else {
+            return 0;
+        };
+        match v {
+            Ver::V1 => keyed(&p.join("memory.oom_control"), "oom_kill").unwrap_or(0),
+            Ver::V2 => keyed(&p.join("memory.events"), "oom_kill").unwrap_or(0),
+        }
+    }
+
+    /// Remove the cgroups. All processes are gone once the pid namespace's
+    /// init has been reaped, but the kernel may still be finishing their
+    /// exit (EBUSY): such directories are retried on later runs instead of
+    /// sleeping here.
+    pub fn remove(self) {
+        let mut busy = Vec::new();
+        for p in self.dirs() {
+            if let Err(e) = fs::remove_dir(p) {
+                if e.raw_os_error() == Some(libc::EBUSY) {
+                    busy.push(p.clone());
+                }
+            }
+        }
+        let mut pending = PENDING.lock().unwrap_or_else(|e| e.into_inner());
+        pending.retain(
+            |p| matches!(fs::remove_dir(p), Err(e) if e.raw_os_error() == Some(libc::EBUSY)),
+        );
+        pending.extend(busy);
+    }
+}
+
+enum Which {
+    Memory,
+    Pids,
+}
+
+fn read_u64(p: &Path) -> Option<u64> {
+    fs::read_to_string(p).ok()?.trim().parse().ok()
+}
+
+fn keyed(p: &Path, key: &str) -> Option<u64> {
+    let text = fs::read_to_string(p).ok()?;
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}

@@ -1,0 +1,593 @@
+//! Pen-test battery for the execute sandbox (docs/security.md lists which
+//! test covers which item). Runs as root (cgroup limits) and as an
+//! unprivileged user (scripts/test-sandbox-unprivileged.sh; rlimits only
+//! when no cgroup is delegated): assertions follow the mechanism the
+//! verdict reports, and never depend on timing.
+
+use peagen_fabric::config::SandboxConfig;
+use peagen_fabric::sandbox::{LimitRequest, Mechanism, Request, Sandbox, Status, Verdict};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+fn sandbox(f: impl FnOnce(&mut SandboxConfig)) -> Sandbox {
+    let mut cfg = SandboxConfig {
+        wall_ms: 20_000,
+        ..Default::default()
+    };
+    f(&mut cfg);
+    Sandbox::new(&cfg).expect("sandbox config")
+}
+
+fn sh_in(sb: &Sandbox, script: &str) -> Verdict {
+    sb.run(&Request::new(["/bin/sh", "-c", script]))
+}
+
+fn sh(script: &str) -> Verdict {
+    sh_in(&sandbox(|_| {}), script)
+}
+
+fn py(src: &str) -> Verdict {
+    let v = sandbox(|_| {}).run(&Request::new(["/usr/bin/python3", "-c", src]));
+    assert!(
+        !v.stderr.contains("No module named"),
+        "python3 incomplete in the sandbox: {v:?}"
+    );
+    v
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+#[test]
+fn ok_and_exit_codes_and_output() {
+    let v = sh("echo hello; echo oops >&2");
+    assert_eq!(v.status, Status::Ok, "{v:?}");
+    assert_eq!(v.exit_code, Some(0));
+    assert_eq!(v.stdout, "hello\n");
+    assert_eq!(v.stderr, "oops\n");
+    let v = sh("exit 3");
+    assert_eq!(v.status, Status::RuntimeError);
+    assert_eq!(v.exit_code, Some(3));
+    let v = sandbox(|_| {}).run(&Request::new(["no-such-program"]));
+    assert_eq!(v.status, Status::RuntimeError, "{v:?}");
+    assert_eq!(v.exit_code, Some(127));
+    assert!(v.message.contains("cannot execute"), "{v:?}");
+}
+
+#[test]
+fn stdin_files_and_env_from_scratch() {
+    let sb = sandbox(|_| {});
+    let mut req = Request::new([
+        "/bin/sh",
+        "-c",
+        "cat; cat sub/dir/f.txt; echo; env | sort; pwd",
+    ]);
+    req.stdin = b"from-stdin\n".to_vec();
+    req.files
+        .insert("sub/dir/f.txt".into(), b"file-content".to_vec());
+    req.env.insert("MY_VAR".into(), "x y".into());
+    let v = sb.run(&req);
+    assert_eq!(v.status, Status::Ok, "{v:?}");
+    assert!(v.stdout.starts_with("from-stdin\nfile-content\n"), "{v:?}");
+    assert!(v.stdout.contains("MY_VAR=x y\n"));
+    assert!(v.stdout.ends_with("/work\n"));
+    // Nothing of this process's environment (cargo sets CARGO_* for tests).
+    assert!(std::env::vars().any(|(k, _)| k.starts_with("CARGO")));
+    assert!(
+        !v.stdout.contains("CARGO"),
+        "worker env leaked: {}",
+        v.stdout
+    );
+    let mut bad = Request::new(["/bin/true"]);
+    bad.files.insert("../escape".into(), vec![]);
+    assert_eq!(sb.run(&bad).status, Status::RuntimeError);
+}
+
+/// `kill -SEGV $$`: the user process is not PID 1, so the signal is real.
+#[test]
+fn kill_segv_is_reported_as_signal() {
+    let v = sh("echo pid=$$; kill -SEGV $$; echo survived");
+    assert_eq!(v.status, Status::Signal, "{v:?}");
+    assert_eq!(v.signal, Some(libc::SIGSEGV));
+    assert_eq!(v.signal_name.as_deref(), Some("SIGSEGV"));
+    assert_eq!(v.stdout, "pid=2\n", "user process must not be PID 1");
+}
+
+#[test]
+fn fork_bomb_is_capped_by_pids_limit() {
+    let sb = sandbox(|c| {
+        c.pids = 24;
+        c.wall_ms = 5_000;
+    });
+    // Each `sleep &` is a new process that stays; count successful forks.
+    let v = sh_in(
+        &sb,
+        "i=0; while sleep 1000 & do i=$((i+1)); echo $i; [ $i -ge 3000 ] && break; done; echo end",
+    );
+    assert!(
+        matches!(
+            v.limits.pids.mechanism,
+            Mechanism::CgroupV1 | Mechanism::CgroupV2 | Mechanism::Rlimit
+        ),
+        "{v:?}"
+    );
+    let forks: u64 = v
+        .stdout
+        .lines()
+        .filter_map(|l| l.parse().ok())
+        .max()
+        .unwrap_or(0);
+    assert!(forks >= 5, "the loop should fork a few times: {v:?}");
+    assert!(forks < 24, "forked {forks} processes with pids=24: {v:?}");
+    assert_ne!(v.status, Status::Ok, "{v:?}");
+}
+
+#[test]
+fn memory_bomb_is_contained() {
+    let sb = sandbox(|c| c.memory_bytes = 96 << 20);
+    let v = sb.run(&Request::new([
+        "/usr/bin/python3",
+        "-c",
+        "b=[]\nwhile True: b.append(b'x' * (8 << 20)); print(len(b), flush=True)",
+    ]));
+    let chunks: u64 = v
+        .stdout
+        .lines()
+        .filter_map(|l| l.parse().ok())
+        .max()
+        .unwrap_or(0);
+    assert!(
+        chunks < 12,
+        "allocated {chunks} x 8 MiB under a 96 MiB limit: {v:?}"
+    );
+    match v.limits.memory_bytes.mechanism {
+        Mechanism::CgroupV1 | Mechanism::CgroupV2 => {
+            assert_eq!(v.status, Status::MemoryLimit, "{v:?}");
+            assert!(v.oom_killed);
+            assert!(v.peak_memory_bytes.unwrap() <= 96 << 20, "{v:?}");
+        }
+        Mechanism::Rlimit => {
+            // RLIMIT_AS: allocation fails inside the program.
+            assert_eq!(v.status, Status::RuntimeError, "{v:?}");
+            assert!(v.stderr.contains("MemoryError"), "{v:?}");
+        }
+        m => panic!("memory limit not enforced: {m:?}"),
+    }
+}
+
+#[test]
+fn cpu_spin_hits_cpu_limit() {
+    let sb = sandbox(|c| {
+        c.cpu_ms = 300;
+        c.wall_ms = 60_000;
+    });
+    let v = sh_in(&sb, "while :; do :; done");
+    assert_eq!(v.status, Status::Timeout, "{v:?}");
+    assert!(
+        v.message.contains("CPU"),
+        "must be the CPU limit, not the wall clock: {v:?}"
+    );
+}
+
+#[test]
+fn sleep_past_wall_clock_is_killed() {
+    let sb = sandbox(|c| c.wall_ms = 300);
+    let v = sh_in(&sb, "sleep 30; echo woke");
+    assert_eq!(v.status, Status::Timeout, "{v:?}");
+    assert!(v.killed);
+    assert!(v.message.contains("wall clock"), "{v:?}");
+    assert!(!v.stdout.contains("woke"));
+    assert_eq!(v.limits.wall_ms.mechanism, Mechanism::Supervisor);
+}
+
+/// Host processes whose command line contains `marker`.
+fn host_procs_with(marker: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
+            let c = String::from_utf8_lossy(&c).replace('\0', " ");
+            if c.contains(marker) {
+                found.push(format!("{}: {c}", e.file_name().to_string_lossy()));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn grandchild_that_outlives_its_parent_is_killed() {
+    let marker = format!("1{}.25", std::process::id());
+    // Detached grandchild, parent exits 0 at once.
+    let v = sh(&format!("(sleep {marker} &) ; echo started"));
+    assert_eq!(v.status, Status::Ok, "{v:?}");
+    assert_eq!(v.stdout, "started\n");
+    let left = host_procs_with(&format!("sleep {marker}"));
+    assert!(left.is_empty(), "grandchild survived: {left:?}");
+
+    // Same on timeout: the whole tree goes, not just the direct child.
+    let marker2 = format!("2{}.5", std::process::id());
+    let sb = sandbox(|c| c.wall_ms = 300);
+    let v = sh_in(&sb, &format!("sleep {marker2} & sleep {marker2}"));
+    assert_eq!(v.status, Status::Timeout, "{v:?}");
+    let left = host_procs_with(&format!("sleep {marker2}"));
+    assert!(left.is_empty(), "tree survived the timeout: {left:?}");
+}
+
+#[test]
+fn output_flood_is_capped() {
+    let sb = sandbox(|c| c.output_bytes = 64 << 10);
+    let v = sh_in(&sb, "yes flood");
+    assert_eq!(v.status, Status::OutputLimit, "{v:?}");
+    assert!(v.stdout_truncated);
+    assert_eq!(v.stdout.len(), 64 << 10);
+    let v = sh_in(&sb, "yes flood >&2");
+    assert_eq!(v.status, Status::OutputLimit);
+    assert!(v.stderr_truncated);
+}
+
+#[test]
+fn no_network_of_any_kind() {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixListener};
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = tcp.local_addr().unwrap().port();
+    tcp.set_nonblocking(true).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("host.sock");
+    let _unix = UnixListener::bind(&path).unwrap();
+    let abs_name = format!("peagen-test-{}", std::process::id());
+    let abs = UnixListener::bind_addr(&SocketAddr::from_abstract_name(&abs_name).unwrap()).unwrap();
+    abs.set_nonblocking(true).unwrap();
+
+    let src = format!(
+        r#"
+import socket, errno
+def t(name, f):
+    try:
+        f(); print(name, "OK")
+    except OSError as e:
+        print(name, errno.errorcode.get(e.errno, e.errno))
+def tcp(host, port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM); s.settimeout(2); s.connect((host, port))
+def tcp6():
+    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM); s.settimeout(2); s.connect(("::1", {port}))
+def udp():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.sendto(b"x", ("8.8.8.8", 53))
+def vsock():
+    s = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM); s.settimeout(2); s.connect((2, 1024))
+def netlink():
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0); s.bind((0, 0))
+def packet():
+    socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+def unix_path():
+    s = socket.socket(socket.AF_UNIX); s.connect("{path}")
+def unix_abstract():
+    s = socket.socket(socket.AF_UNIX); s.connect("\0{abs_name}")
+t("tcp_host_loopback", lambda: tcp("127.0.0.1", {port}))
+t("tcp_internet", lambda: tcp("1.1.1.1", 443))
+t("tcp6", tcp6)
+t("udp", udp)
+t("vsock", vsock)
+t("netlink", netlink)
+t("packet", packet)
+t("unix_path", unix_path)
+t("unix_abstract", unix_abstract)
+"#,
+        path = path.display()
+    );
+    let v = py(&src);
+    assert_eq!(v.status, Status::Ok, "{v:?}");
+    let res: BTreeMap<&str, &str> = v.stdout.lines().filter_map(|l| l.split_once(' ')).collect();
+    assert_eq!(res.len(), 9, "{v:?}");
+    for (name, r) in &res {
+        assert_ne!(*r, "OK", "{name} reached something: {v:?}");
+    }
+    // vsock and netlink are not (fully) namespaced: seccomp must refuse the
+    // socket itself.
+    assert_eq!(res["vsock"], "EAFNOSUPPORT", "{v:?}");
+    assert_eq!(res["netlink"], "EAFNOSUPPORT", "{v:?}");
+    assert_eq!(res["tcp_internet"], "EAFNOSUPPORT", "{v:?}");
+    assert!(tcp.accept().is_err(), "host listener got a connection");
+    assert!(abs.accept().is_err(), "abstract listener got a connection");
+}
+
+#[test]
+fn host_secrets_are_unreadable() {
+    let v = sh(
+        "cat /etc/shadow; echo rc=$?; ls /root; echo rc=$?; ls /home; echo rc=$?; \
+         cat /proc/1/environ; echo rc=$?; ls /sys; echo rc=$?",
+    );
+    assert_eq!(v.status, Status::Ok, "{v:?}");
+    assert!(!v.stdout.contains("rc=0"), "{v:?}");
+    assert!(!v.stdout.contains("root:"), "{v:?}");
+    // Even with /etc bound in, the mapped uid has no access to shadow.
+    if Path::new("/etc/shadow").exists() {
+        let sb = sandbox(|c| c.ro_binds.push("/etc".into()));
+        let v = sh_in(
+            &sb,
+            "test -e /etc/shadow && echo present; cat /etc/shadow; echo rc=$?",
+        );
+        assert!(v.stdout.contains("present"), "{v:?}");
+        assert!(v.stdout.contains("rc=1"), "{v:?}");
+        assert!(v.stderr.contains("Permission denied"), "{v:?}");
+    }
+}
+
+#[test]
+fn writes_outside_the_work_dir_fail() {
+    let v = sh("for p in /x /usr/x /etc/x /dev/x /proc/x /bin/x; do \
+           touch $p 2>/dev/null && echo wrote $p; done; \
+         mkdir /newdir 2>/dev/null && echo made dir; \
+         echo 1 > /proc/sys/kernel/hostname 2>/dev/null && echo sysctl; \
+         touch /work/ok && echo work-ok; touch /tmp/ok2 && echo tmp-ok; \
+         echo x > /dev/null && echo devnull-ok");
+    assert_eq!(v.status, Status::Ok, "{v:?}");
+    assert_eq!(v.stdout, "work-ok\ntmp-ok\ndevnull-ok\n", "{v:?}");
+}
+
+#[test]
+fn file_size_and_tmpfs_limits() {
+    let sb = sandbox(|c| {
+        c.file_size_bytes = 1 << 20;
+        c.tmpfs_bytes = 4 << 20;
+    });
+    let v = sh_in(&sb, "exec head -c 2000000 /dev/zero > /work/big");
+    assert_eq!(v.status, Status::Signal, "{v:?}");
+    assert_eq!(v.signal, Some(libc::SIGXFSZ));
+    let v = sh_in(
+        &sb,
+        "for i in 1 2 3 4 5 6; do head -c 1000000 /dev/zero > /work/f$i || exit 9; done",
+    );
+    assert_eq!(v.exit_code, Some(9), "tmpfs size not enforced: {v:?}");
+}
+
+/// Run a ctypes syscall probe; prints `name errno` lines.
+fn ctypes_probe(body: &str) -> BTreeMap<String, String> {
+    let src = format!(
+        "import ctypes, errno, os\nlibc = ctypes.CDLL(None, use_errno=True)\n\
+         def r(name, ret):\n    e = ctypes.get_errno() if ret == -1 else 0\n    \
+         print(name, errno.errorcode.get(e, 'OK') if ret == -1 else 'OK')\n{body}"
+    );
+    let v = py(&src);
+    assert_eq!(v.status, Status::Ok, "{v:?}");
+    v.stdout
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+#[test]
+fn mounting_is_denied() {
+    let r = ctypes_probe(
+        "r('mount', libc.mount(b'none', b'/work', b'tmpfs', 0, None))\n\
+         r('umount', libc.umount2(b'/proc', 2))\n\
+         r('pivot_root', libc.syscall(155, b'/work', b'/work'))\n\
+         r('fsopen', libc.syscall(430, b'tmpfs', 0))\n\
+         r('open_tree', libc.syscall(428, -100, b'/usr', 1))\n\
+         r('chroot', libc.chroot(b'/work'))",
+    );
+    for (k, v) in &r {
+        assert_eq!(v, "EPERM", "{k}: {r:?}");
+    }
+    let v = sh("mount -t tmpfs none /work 2>&1; echo rc=$?");
+    assert!(!v.stdout.contains("rc=0"), "{v:?}");
+}
+
+#[test]
+fn ptrace_is_denied() {
+    let host_pid = std::process::id();
+    let r = ctypes_probe(&format!(
+        "r('attach_reaper', libc.ptrace(16, 1, 0, 0))\n\
+         r('traceme', libc.ptrace(0, 0, 0, 0))\n\
+         r('seize_parent', libc.ptrace(0x4206, os.getppid(), 0, 0))\n\
+         r('kill_worker', libc.kill({host_pid}, 0))\n\
+         r('process_vm_readv', libc.syscall(310, 1, 0, 0, 0, 0, 0))"
+    ));
+    assert_eq!(r["attach_reaper"], "EPERM", "{r:?}");
+    assert_eq!(r["traceme"], "EPERM", "{r:?}");
+    assert_eq!(r["seize_parent"], "EPERM", "{r:?}");
+    assert_eq!(r["process_vm_readv"], "EPERM", "{r:?}");
+    assert_ne!(r["kill_worker"], "OK", "worker pid visible: {r:?}");
+}
+
+#[test]
+fn new_namespaces_are_denied() {
+    let r = ctypes_probe(
+        "r('unshare_user', libc.unshare(0x10000000))\n\
+         r('unshare_net', libc.unshare(0x40000000))\n\
+         r('unshare_mnt', libc.unshare(0x00020000))\n\
+         r('clone_newuser', libc.syscall(56, 0x10000000 | 17, 0, 0, 0, 0))\n\
+         r('clone3', libc.syscall(435, 0, 0))\n\
+         r('setns', libc.setns(0, 0))",
+    );
+    assert_eq!(r["unshare_user"], "EPERM", "{r:?}");
+    assert_eq!(r["unshare_net"], "EPERM", "{r:?}");
+    assert_eq!(r["unshare_mnt"], "EPERM", "{r:?}");
+    assert_eq!(r["clone_newuser"], "EPERM", "{r:?}");
+    assert_eq!(r["clone3"], "ENOSYS", "{r:?}");
+    assert_eq!(r["setns"], "EPERM", "{r:?}");
+    let v = sh("unshare -U -r true; echo rc=$?");
+    assert!(!v.stdout.contains("rc=0"), "{v:?}");
+}
+
+#[test]
+fn no_capabilities_and_setuid_gains_nothing() {
+    let v = sh("grep -E '^(Uid|Cap(Inh|Prm|Eff|Bnd|Amb)|NoNewPrivs|Seccomp):' /proc/self/status");
+    for l in [
+        "CapInh:\t0000000000000000",
+        "CapPrm:\t0000000000000000",
+        "CapEff:\t0000000000000000",
+        "CapBnd:\t0000000000000000",
+        "CapAmb:\t0000000000000000",
+        "NoNewPrivs:\t1",
+        "Seccomp:\t2",
+    ] {
+        assert!(v.stdout.contains(l), "missing {l:?}: {v:?}");
+    }
+    // A setuid-root program (the host's su) runs without any privilege.
+    let su = Path::new("/usr/bin/su");
+    assert!(su.exists());
+    let v = sh("/usr/bin/su -c 'echo PWNED' root </dev/null; echo rc=$?");
+    assert!(!v.stdout.contains("PWNED"), "{v:?}");
+    // A setuid helper that reports its own credentials.
+    let dir = tempfile::Builder::new()
+        .prefix("peagen-suid")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let c = dir.path().join("creds.c");
+    std::fs::write(
+        &c,
+        "#include <stdio.h>\n#include <unistd.h>\nint main(){FILE*f=fopen(\"/proc/self/status\",\"r\");\
+         char l[256];printf(\"euid=%d\\n\",(int)geteuid());while(fgets(l,256,f))\
+         if(l[0]=='C'&&l[3]=='E')fputs(l,stdout);return 0;}\n",
+    )
+    .unwrap();
+    let bin = dir.path().join("creds");
+    let ok = std::process::Command::new("gcc")
+        .arg("-o")
+        .arg(&bin)
+        .arg(&c)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "gcc is needed for this test");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o4755)).unwrap();
+    let sb = sandbox(|c| c.ro_binds.push(dir.path().to_path_buf()));
+    let v = sb.run(&Request::new([bin.to_str().unwrap()]));
+    assert_eq!(v.status, Status::Ok, "{v:?}");
+    assert_eq!(v.stdout, "euid=0\nCapEff:\t0000000000000000\n", "{v:?}");
+}
+
+#[test]
+fn leaked_descriptors_are_closed() {
+    let f = std::fs::File::open("/etc/hostname").unwrap();
+    use std::os::fd::AsRawFd;
+    // SAFETY: dup2 of an open fd onto 77 without O_CLOEXEC, closed below.
+    let fd = unsafe { libc::dup2(f.as_raw_fd(), 77) };
+    assert_eq!(fd, 77);
+    let v = sh("ls /proc/$$/fd; test -e /proc/$$/fd/77 && echo LEAK; true");
+    // SAFETY: closing the fd we created.
+    unsafe { libc::close(77) };
+    assert_eq!(v.status, Status::Ok, "{v:?}");
+    assert!(!v.stdout.contains("LEAK"), "{v:?}");
+    let fds: Vec<&str> = v.stdout.lines().collect();
+    assert!(
+        fds.iter().all(|f| ["0", "1", "2", "3", "10"].contains(f)),
+        "{v:?}"
+    );
+}
+
+#[test]
+fn tiocsti_is_denied() {
+    let r = ctypes_probe(
+        "import fcntl, termios\n\
+         try:\n    fcntl.ioctl(0, termios.TIOCSTI, b'x'); print('tiocsti OK')\n\
+         except OSError as e: print('tiocsti', errno.errorcode[e.errno])\n\
+         r('setsid_again', libc.setsid())\n\
+         try:\n    open('/dev/tty'); print('devtty OK')\n\
+         except OSError as e: print('devtty', errno.errorcode[e.errno])",
+    );
+    assert_eq!(r["tiocsti"], "EPERM", "{r:?}");
+    // Already a session leader (setsid before exec) -> EPERM.
+    assert_eq!(r["setsid_again"], "EPERM", "{r:?}");
+    assert_ne!(r["devtty"], "OK", "{r:?}");
+}
+
+#[test]
+fn cgroup_namespace_hides_host_paths() {
+    let v = sh("cat /proc/self/cgroup");
+    assert_eq!(v.status, Status::Ok);
+    for l in v.stdout.lines() {
+        let path = l.splitn(3, ':').nth(2).unwrap_or("");
+        assert!(
+            path == "/" || !path.contains("peagen"),
+            "host cgroup path visible: {l}"
+        );
+    }
+}
+
+#[test]
+fn limits_report_is_honest() {
+    let v = sh("true");
+    let l = &v.limits;
+    assert_eq!(l.file_size_bytes.mechanism, Mechanism::Rlimit);
+    assert_eq!(l.tmpfs_bytes.mechanism, Mechanism::Tmpfs);
+    let own_cg = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    if !is_root() && !own_cg.lines().any(|l| l.ends_with("/worker")) {
+        // Unprivileged without a delegated cgroup: rlimits only.
+        assert_eq!(l.memory_bytes.mechanism, Mechanism::Rlimit, "{v:?}");
+        assert_eq!(l.pids.mechanism, Mechanism::Rlimit, "{v:?}");
+    }
+    if l.memory_bytes.mechanism == Mechanism::CgroupV1 {
+        assert_eq!(v.peak_memory_source, "cgroup_v1");
+    }
+    // Per-task requests are clamped to the config.
+    let sb = sandbox(|c| c.memory_bytes = 256 << 20);
+    let mut req = Request::new(["/bin/true"]);
+    req.limits = LimitRequest {
+        memory_bytes: Some(1 << 40),
+        ..Default::default()
+    };
+    assert_eq!(sb.run(&req).limits.memory_bytes.value, 256 << 20);
+}
+
+#[test]
+fn parallel_runs_do_not_interfere() {
+    let sb = std::sync::Arc::new(sandbox(|_| {}));
+    let hs: Vec<_> = (0..4)
+        .map(|i| {
+            let sb = sb.clone();
+            std::thread::spawn(move || {
+                for j in 0..10 {
+                    let v = sh_in(&sb, &format!("echo {i}-{j}"));
+                    assert_eq!(v.status, Status::Ok, "{v:?}");
+                    assert_eq!(v.stdout, format!("{i}-{j}\n"));
+                }
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+}
+
+/// Two concurrent tasks cannot talk over abstract unix sockets, whether
+/// they share the pre-made empty netns (landlock scoping) or not.
+#[test]
+fn concurrent_tasks_cannot_connect_to_each_other() {
+    let name = format!("peagen-peer-{}", std::process::id());
+    let sb = std::sync::Arc::new(sandbox(|c| c.wall_ms = 4_000));
+    let a = {
+        let sb = sb.clone();
+        let src = format!(
+            "import socket, time\ns = socket.socket(socket.AF_UNIX)\ns.bind('\\0{name}')\n\
+             s.listen(5)\ns.settimeout(3.5)\ntry:\n    s.accept(); print('accepted')\n\
+             except OSError: print('no-connection')\n"
+        );
+        std::thread::spawn(move || sb.run(&Request::new(["/usr/bin/python3", "-c", &src])))
+    };
+    let src = format!(
+        "import socket, time, errno\nfor i in range(70):\n    s = socket.socket(socket.AF_UNIX)\n    \
+         try:\n        s.bind('\\0{name}')\n        s.close(); time.sleep(0.05); continue\n    \
+         except OSError as e:\n        if e.errno != errno.EADDRINUSE: raise\n    \
+         c = socket.socket(socket.AF_UNIX)\n    try:\n        c.connect('\\0{name}'); print('connect OK')\n    \
+         except OSError as e:\n        print('connect', errno.errorcode[e.errno])\n    break\n\
+         else:\n    print('no-peer')\n"
+    );
+    let b = sb.run(&Request::new(["/usr/bin/python3", "-c", &src]));
+    let a = a.join().unwrap();
+    assert_eq!(b.status, Status::Ok, "{b:?}");
+    assert!(!a.stdout.contains("accepted"), "{a:?}");
+    let shared = b.isolation.namespaces.iter().any(|n| n.contains("shared"));
+    if shared {
+        // Same abstract namespace (bind collides), but landlock's scope
+        // refuses the connection.
+        assert_eq!(b.stdout, "connect EPERM\n", "{b:?}");
+    } else {
+        assert_eq!(b.stdout, "no-peer\n", "{b:?}");
+    }
+}
