@@ -7,20 +7,119 @@
 
 use super::{BoxFuture, Handler, Outcome};
 use crate::config::{CommandHandlerConfig, SandboxConfig};
-use crate::task::Task;
+use crate::sandbox::{LimitRequest, Sandbox, Status as SbStatus};
+use crate::task::{Status, Task};
+use std::collections::BTreeMap;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 pub struct Command {
     cfg: CommandHandlerConfig,
-    #[allow(dead_code)]
-    sandbox: SandboxConfig,
+    /// Built once when `sandbox = true`; the error is reported per task.
+    sandbox: Option<Result<Arc<Sandbox>, String>>,
 }
 
 impl Command {
     pub fn new(cfg: CommandHandlerConfig, sandbox: SandboxConfig) -> Self {
+        let sandbox = cfg.sandbox.then(|| Sandbox::new(&sandbox).map(Arc::new));
         Command { cfg, sandbox }
+    }
+
+    /// The same program inside the execute sandbox: the task on stdin, an
+    /// environment built from scratch, the handler's timeout and output cap
+    /// as the sandbox's wall-clock and output limits.
+    async fn run_sandboxed(&self, sb: &Arc<Sandbox>, task: &Task, timeout: Duration) -> Outcome {
+        let program = self.cfg.program.display().to_string();
+        let env = BTreeMap::from([
+            ("PEAGEN_TASK_ID".to_string(), task.id.clone()),
+            ("PEAGEN_TASK_KIND".to_string(), task.kind.clone()),
+            (
+                "PEAGEN_TASK_ATTEMPT".to_string(),
+                (task.attempts + 1).to_string(),
+            ),
+        ]);
+        let limits = LimitRequest {
+            wall_ms: Some(timeout.as_millis() as u64),
+            output_bytes: Some(self.cfg.output_cap_bytes as u64),
+            ..Default::default()
+        };
+        let v = sb
+            .run_program(
+                &self.cfg.program,
+                &self.cfg.args,
+                task.to_json().into_bytes(),
+                env,
+                limits,
+            )
+            .await;
+        let verdict = serde_json::json!({
+            "status": v.status, "exit_code": v.exit_code, "signal": v.signal_name,
+            "wall_ms": v.wall_ms, "cpu_ms": v.cpu_ms, "peak_memory_bytes": v.peak_memory_bytes,
+            "message": v.message,
+        });
+        let mut o = match v.status {
+            SbStatus::Ok | SbStatus::RuntimeError => exit_outcome(
+                &program,
+                v.exit_code.unwrap_or(-1),
+                v.stdout.as_bytes(),
+                v.stderr.as_bytes(),
+            ),
+            SbStatus::Timeout => Outcome::error(
+                format!("{program} timed out in the sandbox: {}", v.message),
+                true,
+            ),
+            SbStatus::OutputLimit => Outcome::error(
+                format!(
+                    "{program} wrote more than {} bytes (output-cap-bytes)",
+                    self.cfg.output_cap_bytes
+                ),
+                false,
+            ),
+            SbStatus::InternalError => {
+                Outcome::error(format!("sandbox failed: {}", v.message), true)
+            }
+            _ => Outcome::error(
+                format!(
+                    "{program} failed in the sandbox: {:?} {}",
+                    v.status, v.message
+                ),
+                false,
+            ),
+        };
+        if o.status == Status::Error {
+            o.data["sandbox"] = verdict;
+        }
+        o
+    }
+}
+
+/// Map a finished program to an outcome: 0 = ok with stdout as JSON data,
+/// 75 = retryable error, anything else = error.
+fn exit_outcome(program: &str, code: i32, stdout: &[u8], stderr: &[u8]) -> Outcome {
+    match code {
+        0 => {
+            if stdout.iter().all(u8::is_ascii_whitespace) {
+                return Outcome::ok(serde_json::json!({}));
+            }
+            match serde_json::from_slice::<serde_json::Value>(stdout) {
+                Ok(v) => Outcome::ok(v),
+                Err(e) => Outcome::error(
+                    format!("{program} exited 0 but stdout is not JSON: {e}"),
+                    false,
+                ),
+            }
+        }
+        code => {
+            let retryable = code == crate::exit::TEMPFAIL;
+            let mut o = Outcome::error(
+                format!("{program} exited with {code}: {}", tail(stderr, 2000)),
+                retryable,
+            );
+            o.data["exit_code"] = code.into();
+            o
+        }
     }
 }
 
@@ -63,6 +162,21 @@ impl Handler for Command {
     }
     fn run<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
+            let timeout = Duration::from_millis(
+                task.timeout_ms
+                    .unwrap_or(self.cfg.timeout_ms)
+                    .min(self.cfg.timeout_ms),
+            );
+            match &self.sandbox {
+                Some(Ok(sb)) => return self.run_sandboxed(sb, task, timeout).await,
+                Some(Err(e)) => {
+                    return Outcome::error(
+                        format!("the sandbox cannot be set up on this host: {e}"),
+                        true,
+                    )
+                }
+                None => {}
+            }
             let program = self.cfg.program.display().to_string();
             let mut cmd = tokio::process::Command::new(&self.cfg.program);
             cmd.args(&self.cfg.args)
@@ -139,31 +253,7 @@ impl Handler for Command {
                 );
             }
             match status.code() {
-                Some(0) => {
-                    let data = if stdout.iter().all(u8::is_ascii_whitespace) {
-                        serde_json::json!({})
-                    } else {
-                        match serde_json::from_slice::<serde_json::Value>(&stdout) {
-                            Ok(v) => v,
-                            Err(e) => {
-                                return Outcome::error(
-                                    format!("{program} exited 0 but stdout is not JSON: {e}"),
-                                    false,
-                                )
-                            }
-                        }
-                    };
-                    Outcome::ok(data)
-                }
-                Some(code) => {
-                    let retryable = code == crate::exit::TEMPFAIL;
-                    let mut o = Outcome::error(
-                        format!("{program} exited with {code}: {}", tail(&stderr, 2000)),
-                        retryable,
-                    );
-                    o.data["exit_code"] = code.into();
-                    o
-                }
+                Some(code) => exit_outcome(&program, code, &stdout, &stderr),
                 None => {
                     use std::os::unix::process::ExitStatusExt;
                     Outcome::error(
@@ -182,9 +272,12 @@ impl Handler for Command {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::task::Status;
 
     fn h(args: &[&str], timeout_ms: u64, cap: usize) -> Command {
+        hs(args, timeout_ms, cap, false)
+    }
+
+    fn hs(args: &[&str], timeout_ms: u64, cap: usize, sandbox: bool) -> Command {
         Command::new(
             CommandHandlerConfig {
                 kind: "t".into(),
@@ -192,7 +285,7 @@ mod tests {
                 args: args.iter().map(|s| s.to_string()).collect(),
                 timeout_ms,
                 output_cap_bytes: cap,
-                sandbox: false,
+                sandbox,
                 version: "1".into(),
             },
             SandboxConfig::default(),
@@ -248,5 +341,33 @@ mod tests {
             .await;
         assert_eq!(o.status, Status::Error);
         assert!(o.data["msg"].as_str().unwrap().contains("output-cap-bytes"));
+    }
+
+    #[tokio::test]
+    async fn sandboxed_program_gets_the_task_and_nothing_of_the_host() {
+        std::env::set_var("PEAGEN_TEST_SECRET", "hunter2");
+        let script = "t=$(cat); test -r /etc/shadow && exit 9; \
+                      test -n \"$PEAGEN_TEST_SECRET\" && exit 8; \
+                      printf '{\"task\":%s,\"pid\":%s}' \"$t\" $$";
+        let o = hs(&["-c", script], 10_000, 1 << 20, true)
+            .run(&task())
+            .await;
+        assert_eq!(o.status, Status::Ok, "{o:?}");
+        assert_eq!(o.data["task"]["payload"]["n"], 1);
+        // Not PID 1 (a reaper is), and not the host's pid either.
+        assert!(o.data["pid"].as_u64().unwrap() < 100, "{o:?}");
+    }
+
+    #[tokio::test]
+    async fn sandboxed_exit_codes_and_timeout() {
+        let o = hs(&["-c", "exit 75"], 10_000, 1024, true)
+            .run(&task())
+            .await;
+        assert!(o.retryable && o.status == Status::Error, "{o:?}");
+        let o = hs(&["-c", "exit 4"], 10_000, 1024, true).run(&task()).await;
+        assert!(!o.retryable && o.data["exit_code"] == 4, "{o:?}");
+        let o = hs(&["-c", "sleep 30"], 300, 1024, true).run(&task()).await;
+        assert!(o.retryable, "{o:?}");
+        assert_eq!(o.data["sandbox"]["status"], "timeout", "{o:?}");
     }
 }
