@@ -7,13 +7,14 @@
 # Uses the host's systemd when PID 1 is systemd, otherwise boots one in a
 # private PID+mount namespace (tests/box/box.sh; never on the host's root).
 # Uses $PEAGEN_REDIS_URL when set, otherwise starts a private redis-server.
-# Env: DEMO_TASKS (default 24), DEMO_KIND (default "work": a command handler
-# that sleeps 2 s and echoes its payload; "execute" once the sandbox handler
-# is built), CARGO_TARGET_DIR, DEMO_PROFILE (debug|release, default debug).
+# Env: DEMO_TASKS (default 24), DEMO_KIND (default "execute": Peagen-style
+# {child_src, entry_fn} Python candidates run in the sandbox, one of them
+# hostile; "work": a command handler that sleeps 2 s and echoes its payload),
+# CARGO_TARGET_DIR, DEMO_PROFILE (debug|release, default debug).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$here/target}
-TASKS=${DEMO_TASKS:-24}; KIND=${DEMO_KIND:-work}; PROFILE=${DEMO_PROFILE:-debug}
+TASKS=${DEMO_TASKS:-24}; KIND=${DEMO_KIND:-execute}; PROFILE=${DEMO_PROFILE:-debug}
 [ "$(id -u)" = 0 ] || { echo "demo: run as root (it starts system units)" >&2; exit 1; }
 for t in redis-server curl jq; do command -v $t >/dev/null || { echo "demo: needs $t" >&2; exit 1; }; done
 
@@ -93,7 +94,27 @@ for _ in $(seq 100); do [ "$(run_in systemctl list-units --plain --no-legend 'pe
 echo "    warm pool up: $(run_in systemctl list-units --plain --no-legend 'peagen-worker@*' | awk '{print $1}' | tr '\n' ' ')"
 
 echo "==> pushing $TASKS '$KIND' tasks"
-for i in $(seq "$TASKS"); do echo "{\"kind\":\"$KIND\",\"id\":\"demo-$i\",\"payload\":{\"n\":$i}}"; done | ctl push --file - --json >/dev/null
+if [ "$KIND" = execute ]; then
+    # Candidate programs as Peagen's evolve loop sends them: each defines
+    # evaluate() and is timed in the sandbox. The last one is hostile: it
+    # tries to reach Redis on loopback and read a host secret.
+    python3 - "$TASKS" <<'PY' | ctl push --file - --json >/dev/null
+import json, sys
+n = int(sys.argv[1])
+for i in range(1, n + 1):
+    if i == n:
+        src = ("import socket\ndef evaluate():\n"
+               "    open('/etc/shadow').read()\n"
+               "    socket.create_connection(('127.0.0.1', 6379), timeout=1)\n")
+    else:
+        src = ("import time\ndef evaluate():\n    time.sleep(1.5)\n"
+               f"    return sum(k * k for k in range({20000 * i}))\n")
+    print(json.dumps({"kind": "execute", "id": f"demo-{i}",
+                      "payload": {"child_src": src, "entry_fn": "evaluate"}}))
+PY
+else
+    for i in $(seq "$TASKS"); do echo "{\"kind\":\"$KIND\",\"id\":\"demo-$i\",\"payload\":{\"n\":$i}}"; done | ctl push --file - --json >/dev/null
+fi
 
 status() { run_in systemctl show -p StatusText --value peagen-spawnerd; }
 t0=$(date +%s.%N); settled=0
@@ -111,7 +132,10 @@ while :; do
 done
 echo "==> all $TASKS tasks done ($dead dead-lettered); workers went idle and back to the warm pool"
 sample=$(ctl task get demo-1 --json)
-echo "    sample result: $(echo "$sample" | jq -c '{task_id,status,attempts,worker_id,data}')"
+echo "    sample result: $(echo "$sample" | jq -c '{task_id,status,attempts,worker_id,data: (.data | {result, speed_ms, peak_kb, verdict: .verdict.status})}')"
+if [ "$KIND" = execute ]; then
+    echo "    hostile task: $(ctl task get "demo-$TASKS" --json | jq -c '{task_id,status,verdict: .data.verdict.status, stderr: (.data.verdict.stderr // "" | split("\n") | map(select(length > 0)) | last)}')"
+fi
 wid=$(echo "$sample" | jq -r .worker_id)
 echo "==> spawner metrics"
 curl -sf "http://127.0.0.1:$mport/metrics" | grep -E '^peagen_(spawns_total|worker_stops_total|spawn_failures_total|workers_desired|spawn_ready_seconds_(sum|count)|workers\{)' | sed 's/^/    /'

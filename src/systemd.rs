@@ -332,7 +332,7 @@ const DENIED_SYSCALL_GROUPS: [&str; 8] = [
 ];
 /// No AF_NETLINK: tasks inherit this, and netlink from an unprivileged
 /// namespace is how the nf_tables privilege escalations got in. The sandbox
-/// brings its loopback up with an ioctl instead.
+/// needs none: its tasks get no network at all.
 const ADDRESS_FAMILIES: [&str; 3] = ["AF_UNIX", "AF_INET", "AF_INET6"];
 
 /// Boolean hardening settings applied when `hardening = true`. Deliberately
