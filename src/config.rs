@@ -81,6 +81,12 @@ impl RedisConfig {
     pub fn results_index(&self) -> String {
         format!("{}.index", self.results_stream)
     }
+
+    /// Key of the per-host hash of worker counters (`<tasks-stream>.metrics.<host>`),
+    /// which workers increment and that host's spawner exports.
+    pub fn fleet_metrics_key(&self, host: &str) -> String {
+        format!("{}.metrics.{host}", self.tasks_stream)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

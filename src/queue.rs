@@ -847,6 +847,35 @@ impl Queue {
         Ok(r.ok_or_else(|| format!("dead letter {dead_id} vanished meanwhile")))
     }
 
+    /// Add counter deltas to the fields of a hash in one MULTI/EXEC pipeline
+    /// (all applied or none): `HINCRBY` for integers, `HINCRBYFLOAT` for
+    /// floats. An increment of 0 creates the field.
+    pub async fn hash_incr(
+        &self,
+        key: &str,
+        ints: &[(String, i64)],
+        floats: &[(String, f64)],
+    ) -> Result<()> {
+        let mut p = redis::pipe();
+        p.atomic();
+        for (f, v) in ints {
+            p.cmd("HINCRBY").arg(key).arg(f).arg(*v).ignore();
+        }
+        for (f, v) in floats {
+            p.cmd("HINCRBYFLOAT").arg(key).arg(f).arg(*v).ignore();
+        }
+        p.query_async::<()>(&mut self.c()).await?;
+        Ok(())
+    }
+
+    /// HGETALL of a hash (empty when the key does not exist).
+    pub async fn hash_all(&self, key: &str) -> Result<BTreeMap<String, String>> {
+        Ok(redis::cmd("HGETALL")
+            .arg(key)
+            .query_async(&mut self.c())
+            .await?)
+    }
+
     /// Live consumer names of the group (for sweeps).
     pub async fn consumer_names(&self) -> Result<HashSet<String>> {
         Ok(self

@@ -10,7 +10,7 @@
 //! consumers that are not live units. A circuit breaker stops start storms.
 
 use crate::config::Config;
-use crate::metrics::{labels, CounterVec, GaugeVec, SharedRegistry};
+use crate::metrics::{labels, CounterVec, FleetCollector, GaugeVec, SharedRegistry};
 use crate::policy::{
     self, Backlog, Breaker, BreakerState, Memory, PolicyConfig, WorkerState, WorkerView,
 };
@@ -48,6 +48,10 @@ pub struct SpawnerMetrics {
     pub redis_pending: GaugeVec,
     pub breaker_open: Gauge,
     pub stream_memory: GaugeVec,
+    /// `peagen_queue_lag`; no series while the lag is unknown.
+    pub queue_lag: GaugeVec,
+    /// This host's workers' counters (the Redis hash they flush to).
+    pub fleet: FleetCollector,
 }
 
 impl SpawnerMetrics {
@@ -64,6 +68,8 @@ impl SpawnerMetrics {
             redis_pending: Default::default(),
             breaker_open: Default::default(),
             stream_memory: Default::default(),
+            queue_lag: Default::default(),
+            fleet: Default::default(),
         };
         reg.register(
             "workers",
@@ -116,6 +122,12 @@ impl SpawnerMetrics {
             "MEMORY USAGE of the streams, by stream",
             m.stream_memory.clone(),
         );
+        reg.register(
+            "queue_lag",
+            "Entries not yet delivered to the group (XINFO GROUPS lag, else a bounded count)",
+            m.queue_lag.clone(),
+        );
+        reg.register_collector(Box::new(m.fleet.clone()));
         m
     }
 }
@@ -444,6 +456,18 @@ impl Spawner {
             .redis_pending
             .get_or_create(&labels(&[("stream", &st.stream)]))
             .set(st.pending as i64);
+        match st.lag {
+            Some(l) => {
+                self.m.queue_lag.get_or_create(&labels(&[])).set(l as i64);
+            }
+            None => self.m.queue_lag.clear(),
+        }
+        // Workers of this host flush into this hash; on error keep the last snapshot.
+        let key = self.cfg.redis.fleet_metrics_key(&self.host);
+        match self.queue.hash_all(&key).await {
+            Ok(h) => self.m.fleet.set(h),
+            Err(e) => tracing::debug!(key, error = %e, "cannot read worker metrics hash"),
+        }
         let bstate = self.breaker.state(now);
         self.m
             .breaker_open

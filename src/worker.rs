@@ -676,6 +676,9 @@ impl Worker {
     }
 }
 
+/// How often a worker flushes its counter deltas to the host's Redis hash.
+pub const FLEET_FLUSH_EVERY: Duration = Duration::from_secs(5);
+
 /// Refresh `queue_pending_total{kind}` periodically (bounded scan).
 pub async fn pending_gauge_loop(queue: Arc<Queue>, m: WorkerMetrics, every: Duration) {
     loop {
@@ -781,6 +784,13 @@ async fn async_main(cfg: Config) -> i32 {
             }
         }
     }
+    // Counters also go to the host's Redis hash, exported by the spawner.
+    let sink = Arc::new(crate::metrics::FleetSink::new(
+        reg.clone(),
+        cfg.redis.fleet_metrics_key(&crate::telemetry::hostname()),
+    ));
+    let flusher = tokio::spawn(sink.clone().run(queue.clone(), FLEET_FLUSH_EVERY));
+    let fleet_queue = queue.clone();
     let mut w = Worker::new(cfg, queue, metrics.clone(), rx);
     let reason = w.run().await;
     notify(&[
@@ -791,6 +801,15 @@ async fn async_main(cfg: Config) -> i32 {
         .exit_reason
         .get_or_create(&labels(&[("reason", reason.as_str())]))
         .inc();
+    // Last flush, after the exit reason is counted (waits for a running one).
+    match tokio::time::timeout(Duration::from_secs(5), sink.flush(&fleet_queue)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(key = %sink.key(), error = %e, "final metrics flush failed; these counts are lost")
+        }
+        Err(_) => tracing::warn!(key = %sink.key(), "final metrics flush timed out"),
+    }
+    flusher.abort();
     tracing::info!(worker_id = %w.id(), reason = reason.as_str(), "worker exiting");
     match reason {
         ExitReason::Error => crate::exit::FAILURE,
