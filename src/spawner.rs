@@ -235,6 +235,18 @@ impl Spawner {
         }
     }
 
+    fn count_reclaimed(&self, rep: &crate::queue::ReclaimReport) {
+        for (outcome, n) in [
+            ("requeued", rep.requeued),
+            ("dead_lettered", rep.dead_lettered),
+        ] {
+            self.m
+                .reclaimed
+                .get_or_create(&labels(&[("outcome", outcome)]))
+                .inc_by(n);
+        }
+    }
+
     /// Re-queue what a dead worker held; drop its consumer if empty.
     async fn reclaim_worker(&self, worker_id: &str, unit: &str, why: &str) {
         match self
@@ -253,14 +265,7 @@ impl Spawner {
                         "re-queued the tasks of a dead worker"
                     );
                 }
-                self.m
-                    .reclaimed
-                    .get_or_create(&labels(&[("outcome", "requeued")]))
-                    .inc_by(rep.requeued);
-                self.m
-                    .reclaimed
-                    .get_or_create(&labels(&[("outcome", "dead_lettered")]))
-                    .inc_by(rep.dead_lettered);
+                self.count_reclaimed(&rep);
             }
             Err(e) => {
                 tracing::error!(worker_id, unit, error = %e, "cannot re-queue the tasks of a dead worker");
@@ -540,14 +545,7 @@ impl Spawner {
                         "orphan sweep re-queued tasks"
                     );
                 }
-                self.m
-                    .reclaimed
-                    .get_or_create(&labels(&[("outcome", "requeued")]))
-                    .inc_by(rep.requeued);
-                self.m
-                    .reclaimed
-                    .get_or_create(&labels(&[("outcome", "dead_lettered")]))
-                    .inc_by(rep.dead_lettered);
+                self.count_reclaimed(&rep);
             }
             Err(e) => tracing::warn!(error = %e, "orphan sweep failed"),
         }
