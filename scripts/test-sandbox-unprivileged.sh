@@ -22,7 +22,11 @@ uid=$(id -u "$user")
 gid=$(id -g "$user")
 
 # Build the test binaries as root, then copy them where the user can read them.
-bins=$(cargo test --no-run --test 'sandbox*' 2>&1 | tee /dev/stderr |
+# (Not `tee /dev/stderr`: when stderr is a log file, that reopens it with
+# O_TRUNC and wipes what came before.)
+build=$(cargo test --no-run --test 'sandbox*' 2>&1)
+printf '%s\n' "$build" >&2
+bins=$(printf '%s\n' "$build" |
     sed -n 's/.*Executable tests\/sandbox[^ ]* (\(.*\))$/\1/p')
 [ -n "$bins" ] || { echo "no sandbox test binaries found" >&2; exit 1; }
 dir=$(mktemp -d /tmp/peagen-sbtest.XXXXXX)
