@@ -591,3 +591,38 @@ fn concurrent_tasks_cannot_connect_to_each_other() {
         assert_eq!(b.stdout, "no-peer\n", "{b:?}");
     }
 }
+
+/// Task cgroups are pooled per `Sandbox`: a reused one still reports each
+/// task's own OOM, peak memory and CPU, and takes the task's own limit.
+#[test]
+fn reused_cgroups_report_per_task_results() {
+    let sb = sandbox(|c| c.memory_bytes = 96 << 20);
+    let bomb = Request::new([
+        "/usr/bin/python3",
+        "-c",
+        "b=[]\nwhile True: b.append(b'x' * (8 << 20))",
+    ]);
+    for _ in 0..2 {
+        let v = sb.run(&bomb);
+        assert_ne!(v.status, Status::Ok, "{v:?}");
+        let v = sb.run(&Request::new(["/bin/true"]));
+        assert_eq!(v.status, Status::Ok, "{v:?}");
+        assert!(!v.oom_killed, "{v:?}");
+        if v.peak_memory_source == "cgroup_v1" {
+            assert!(v.peak_memory_bytes.unwrap() < 16 << 20, "{v:?}");
+            assert!(v.cpu_ms < 1000.0, "{v:?}");
+        }
+    }
+    // A lower per-task limit on a reused cgroup, then the full one again.
+    let mut low = Request::new(["/usr/bin/python3", "-c", "b=b'x'*(40<<20); print(len(b))"]);
+    low.limits.memory_bytes = Some(24 << 20);
+    let v = sb.run(&low);
+    assert_ne!(v.status, Status::Ok, "{v:?}");
+    low.limits.memory_bytes = None;
+    let v = sb.run(&low);
+    assert_eq!(v.status, Status::Ok, "{v:?}");
+    assert!(!v.oom_killed, "{v:?}");
+    if v.peak_memory_source == "cgroup_v1" {
+        assert!(v.peak_memory_bytes.unwrap() >= 40 << 20, "{v:?}");
+    }
+}

@@ -5,6 +5,16 @@
 //! Each task gets its own cgroup per hierarchy, created before the clone,
 //! joined by the parent writing the child's pid into `cgroup.procs` before
 //! the child unshares its cgroup namespace, and removed after the task.
+//!
+//! Creating and removing a memory cgroup costs more than the rest of a
+//! short task's start-up, so v1 task cgroups are pooled per [`Backends`]
+//! (per `Sandbox`): after a task they are kept, and the next task reuses one
+//! only once it is provably empty (`cgroup.procs` empty in every hierarchy)
+//! and holds little leftover charge; limits are rewritten when they differ,
+//! the peak and CPU counters are reset and the OOM-kill counter is read as a
+//! baseline, so the verdict is the same as with a fresh cgroup. The pool's
+//! cgroups are removed when the `Sandbox` is dropped. v2 cgroups are not
+//! pooled (`memory.peak` cannot be reset for other readers).
 
 use super::Mechanism;
 use std::fs;
@@ -25,11 +35,29 @@ struct Ctl {
 }
 
 /// Where memory, pids and CPU accounting live on this host.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct Backends {
     memory: Option<Ctl>,
     pids: Option<Ctl>,
     cpu: Option<Ctl>,
+    /// Idle task cgroups kept for reuse (v1 only).
+    pool: std::sync::Mutex<Vec<TaskCgroups>>,
+}
+
+/// Idle cgroups kept per sandbox (enough for a few tasks in parallel).
+const POOL_MAX: usize = 8;
+/// A pooled memory cgroup still charged with more than this (page cache
+/// left by earlier tasks) is replaced by a fresh one, so the peak reported
+/// for a task is not inflated by its predecessors.
+const POOL_MAX_LEFTOVER: u64 = 2 << 20;
+
+impl Drop for Backends {
+    fn drop(&mut self) {
+        let pool = std::mem::take(self.pool.get_mut().unwrap_or_else(|e| e.into_inner()));
+        for t in pool {
+            t.destroy();
+        }
+    }
 }
 
 fn mountinfo() -> (Option<PathBuf>, Vec<(String, PathBuf)>) {
@@ -170,6 +198,10 @@ pub struct TaskCgroups {
     memory: Option<(Ver, PathBuf)>,
     pids: Option<(Ver, PathBuf)>,
     cpu: Option<(Ver, PathBuf)>,
+    /// (memory, pids) limits as written.
+    limits: (u64, u64),
+    /// `oom_kill` count when this task got the cgroup (reused cgroups).
+    oom_base: u64,
 }
 
 fn create(ctl: &Option<Ctl>, name: &str) -> Option<(Ver, PathBuf)> {
@@ -183,9 +215,79 @@ fn create(ctl: &Option<Ctl>, name: &str) -> Option<(Ver, PathBuf)> {
 }
 
 impl TaskCgroups {
-    /// Create the task's cgroups and write the limits. A controller whose
-    /// limit cannot be written is dropped (and so not claimed).
+    /// The task's cgroups with the limits written: an idle pooled set when
+    /// one is reusable, else fresh ones. A controller whose limit cannot be
+    /// written is dropped (and so not claimed).
     pub fn create(b: &Backends, memory: u64, pids: u64) -> TaskCgroups {
+        loop {
+            let idle = {
+                let mut pool = b.pool.lock().unwrap_or_else(|e| e.into_inner());
+                let i = pool.iter().position(TaskCgroups::is_empty);
+                i.map(|i| pool.swap_remove(i))
+            };
+            let Some(t) = idle else { break };
+            match t.reuse(memory, pids) {
+                Ok(t) => return t,
+                Err(t) => t.destroy(),
+            }
+        }
+        TaskCgroups::fresh(b, memory, pids)
+    }
+
+    /// No process in any of the cgroups (every task of the previous user has
+    /// been released by the kernel).
+    fn is_empty(&self) -> bool {
+        self.dirs().iter().all(|p| {
+            fs::read(p.join("cgroup.procs")).is_ok_and(|s| s.iter().all(u8::is_ascii_whitespace))
+        })
+    }
+
+    /// Make an idle pooled set ready for a task: limits, counters reset.
+    fn reuse(mut self, memory: u64, pids: u64) -> Result<TaskCgroups, TaskCgroups> {
+        let w = |p: &Path, f: &str, v: &str| fs::write(p.join(f), v).is_ok();
+        if let Some((_, p)) = &self.memory {
+            if read_u64(&p.join("memory.usage_in_bytes")).is_none_or(|u| u > POOL_MAX_LEFTOVER) {
+                return Err(self);
+            }
+            if self.limits.0 != memory {
+                let m = memory.to_string();
+                // Order matters: memsw must stay >= the memory limit.
+                let ok = if memory > self.limits.0 {
+                    let _ = w(p, "memory.memsw.limit_in_bytes", &m);
+                    w(p, "memory.limit_in_bytes", &m)
+                } else {
+                    let ok = w(p, "memory.limit_in_bytes", &m);
+                    let _ = w(p, "memory.memsw.limit_in_bytes", &m);
+                    ok
+                };
+                if !ok {
+                    return Err(self);
+                }
+                self.limits.0 = memory;
+            }
+            if !w(p, "memory.max_usage_in_bytes", "0") {
+                return Err(self);
+            }
+            let _ = w(p, "memory.memsw.max_usage_in_bytes", "0");
+            self.oom_base = keyed(&p.join("memory.oom_control"), "oom_kill").unwrap_or(0);
+        }
+        if let Some((_, p)) = &self.pids {
+            if self.limits.1 != pids {
+                if !w(p, "pids.max", &pids.to_string()) {
+                    return Err(self);
+                }
+                self.limits.1 = pids;
+            }
+        }
+        if let Some((_, p)) = &self.cpu {
+            if !w(p, "cpuacct.usage", "0") {
+                return Err(self);
+            }
+        }
+        Ok(self)
+    }
+
+    fn fresh(b: &Backends, memory: u64, pids: u64) -> TaskCgroups {
         let name = format!(
             "t{}-{}",
             std::process::id(),
@@ -195,6 +297,8 @@ impl TaskCgroups {
             memory: create(&b.memory, &name),
             pids: None,
             cpu: None,
+            limits: (memory, pids),
+            oom_base: 0,
         };
         // v2 controllers share one directory.
         t.pids = match (&b.pids, &t.memory) {
@@ -316,17 +420,39 @@ impl TaskCgroups {
         let Some((v, p)) = self.memory.as_ref() else {
             return 0;
         };
-        match v {
+        let n = match v {
             Ver::V1 => keyed(&p.join("memory.oom_control"), "oom_kill").unwrap_or(0),
             Ver::V2 => keyed(&p.join("memory.events"), "oom_kill").unwrap_or(0),
+        };
+        n.saturating_sub(self.oom_base)
+    }
+
+    /// Done with the task: back to the pool when it is a v1-only set and
+    /// the pool has room, else removed.
+    pub fn remove(self, b: &Backends) {
+        let v1_only = [&self.memory, &self.pids, &self.cpu]
+            .into_iter()
+            .flatten()
+            .all(|(v, _)| *v == Ver::V1);
+        // Only complete sets: one that lost a controller is not kept.
+        let complete = self.memory.is_some() == b.memory.is_some()
+            && self.pids.is_some() == b.pids.is_some()
+            && self.cpu.is_some() == b.cpu.is_some();
+        if v1_only && complete && !self.dirs().is_empty() {
+            let mut pool = b.pool.lock().unwrap_or_else(|e| e.into_inner());
+            if pool.len() < POOL_MAX {
+                pool.push(self);
+                return;
+            }
         }
+        self.destroy();
     }
 
     /// Remove the cgroups. All processes are gone once the pid namespace's
     /// init has been reaped, but the kernel may still be finishing their
     /// exit (EBUSY): such directories are retried on later runs instead of
     /// sleeping here.
-    pub fn remove(self) {
+    fn destroy(self) {
         let mut busy = Vec::new();
         for p in self.dirs() {
             if let Err(e) = fs::remove_dir(p) {

@@ -45,12 +45,31 @@ enum Op {
         src: CString,
         dst: CString,
     },
-    /// Read-only remount of a bind, with the source's locked flags kept.
+    /// Read-only remount of a bind, with the source's locked flags kept
+    /// (only used when the kernel has no `mount_setattr`).
     Remount {
         dst: CString,
         flags: c_ulong,
     },
+    /// Bind of a device node, made after the tree was set read-only (the
+    /// tree gets `nodev`, the device binds must not).
+    DevBind {
+        src: CString,
+        dst: CString,
+    },
 }
+
+/// `struct mount_attr` of `mount_setattr(2)`.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
 
 /// The parts of the plan that do not depend on the request.
 pub struct Fixed {
@@ -230,7 +249,7 @@ impl Fixed {
         for n in DEV_NODES {
             let dst = dev.join(n);
             ops.push(Op::Touch(c(&dst)));
-            ops.push(Op::Bind {
+            ops.push(Op::DevBind {
                 src: c(&Path::new("/dev").join(n)),
                 dst: c(&dst),
             });
@@ -447,7 +466,12 @@ unsafe fn child_main(p: &Plan) -> ! {
             ),
             6
         );
-        for op in f.ops.iter().chain(p.extra_ops.iter()) {
+        // The tree: directories, files, symlinks and the read-only binds,
+        // then one recursive read-only + nosuid + nodev for all of it (root
+        // tmpfs included), then the device nodes on top. Kernels without
+        // mount_setattr (< 5.12) get one remount per bind instead.
+        let ops = || f.ops.iter().chain(p.extra_ops.iter());
+        for op in ops() {
             let r = match op {
                 Op::Mkdir(d) => libc::mkdir(d.as_ptr(), 0o755),
                 Op::Touch(d) => {
@@ -469,11 +493,51 @@ unsafe fn child_main(p: &Plan) -> ! {
                     (libc::MS_BIND | libc::MS_REC) as c_ulong,
                     std::ptr::null(),
                 ),
-                Op::Remount { dst, flags } => {
-                    libc::mount(null, dst.as_ptr(), null, *flags, std::ptr::null())
-                }
+                Op::Remount { .. } | Op::DevBind { .. } => 0,
             };
             check!(r, 7);
+        }
+        let attr = MountAttr {
+            attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: 0,
+        };
+        let setattr = libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            f.staging.as_ptr(),
+            libc::AT_RECURSIVE as u32,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        ) as c_int;
+        let remount_root = setattr < 0;
+        if remount_root {
+            if errno() != libc::ENOSYS {
+                fail(st, 7);
+            }
+            for op in ops() {
+                if let Op::Remount { dst, flags } = op {
+                    check!(
+                        libc::mount(null, dst.as_ptr(), null, *flags, std::ptr::null()),
+                        7
+                    );
+                }
+            }
+        }
+        for op in ops() {
+            if let Op::DevBind { src, dst } = op {
+                check!(
+                    libc::mount(
+                        src.as_ptr(),
+                        dst.as_ptr(),
+                        null,
+                        (libc::MS_BIND | libc::MS_REC) as c_ulong,
+                        std::ptr::null(),
+                    ),
+                    7
+                );
+            }
         }
         check!(
             libc::mount(
@@ -502,20 +566,22 @@ unsafe fn child_main(p: &Plan) -> ! {
         );
         check!(libc::umount2(c".".as_ptr(), libc::MNT_DETACH), 10);
         check!(libc::chdir(c"/".as_ptr()), 10);
-        check!(
-            libc::mount(
-                null,
-                c"/".as_ptr(),
-                null,
-                (libc::MS_REMOUNT
-                    | libc::MS_BIND
-                    | libc::MS_RDONLY
-                    | libc::MS_NOSUID
-                    | libc::MS_NODEV) as c_ulong,
-                std::ptr::null()
-            ),
-            11
-        );
+        if remount_root {
+            check!(
+                libc::mount(
+                    null,
+                    c"/".as_ptr(),
+                    null,
+                    (libc::MS_REMOUNT
+                        | libc::MS_BIND
+                        | libc::MS_RDONLY
+                        | libc::MS_NOSUID
+                        | libc::MS_NODEV) as c_ulong,
+                    std::ptr::null()
+                ),
+                11
+            );
+        }
 
         // The request's files.
         for d in &p.file_dirs {
@@ -1020,7 +1086,7 @@ pub fn run(sb: &Sandbox, req: &Request) -> Verdict {
             // SAFETY: setns of this thread's netns to a namespace fd we own.
             if unsafe { libc::setns(empty.as_raw_fd(), libc::CLONE_NEWNET) } < 0 {
                 let e = std::io::Error::last_os_error();
-                cg.remove();
+                cg.remove(&sb.cgroups);
                 return internal(format!("setns(shared netns): {e}"), limits);
             }
         }
@@ -1057,7 +1123,7 @@ pub fn run(sb: &Sandbox, req: &Request) -> Verdict {
     }
     if pid < 0 {
         let e = std::io::Error::last_os_error();
-        cg.remove();
+        cg.remove(&sb.cgroups);
         return internal(format!("clone failed: {e}"), limits);
     }
     let pid = pid as i32;
@@ -1105,14 +1171,14 @@ pub fn run(sb: &Sandbox, req: &Request) -> Verdict {
         Ok(r) => r,
         Err(e) => {
             kill_and_reap(&pidfd, pid);
-            cg.remove();
+            cg.remove(&sb.cgroups);
             return internal(format!("sandbox set-up: {e}"), limits);
         }
     };
     // SAFETY: one byte from a stack variable into our pipe.
     if unsafe { libc::write(sync_w.0, &rel as *const u8 as *const c_void, 1) } != 1 {
         kill_and_reap(&pidfd, pid);
-        cg.remove();
+        cg.remove(&sb.cgroups);
         return internal("cannot release the sandbox child".into(), limits);
     }
     drop(sync_w);
@@ -1239,7 +1305,7 @@ pub fn run(sb: &Sandbox, req: &Request) -> Verdict {
         None => (Some(ru.ru_maxrss as u64 * 1024), "rusage"),
     };
     let oom = cg.oom_kills() > 0;
-    cg.remove();
+    cg.remove(&sb.cgroups);
 
     let mut v = Verdict {
         status: Status::InternalError,
