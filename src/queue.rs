@@ -143,10 +143,12 @@ if #p > 0 then return -1 end
 return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
 "#;
 
-/// KEYS: dead, tasks. ARGV: dead entry id, task data. Moves one dead letter
-/// back to the tasks stream atomically.
+/// KEYS: dead, tasks, results index. ARGV: dead entry id, task data, task
+/// id. Moves one dead letter back to the tasks stream atomically and forgets
+/// its final error result, so the retry's outcome becomes the final one.
 const DLQ_RETRY_SCRIPT: &str = r#"
 if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then return false end
+redis.call('HDEL', KEYS[3], ARGV[3])
 return redis.call('XADD', KEYS[2], '*', 'data', ARGV[2])
 "#;
 
@@ -531,7 +533,7 @@ impl Queue {
             kind: task.map(|t| t.kind.clone()),
             reason: why.to_string(),
             error,
-            attempts: task.map(|t| t.attempts + 1).unwrap_or(0),
+            attempts: task.map(|t| t.attempts.saturating_add(1)).unwrap_or(0),
             worker_id: owner.to_string(),
             host: host.to_string(),
             dead_at: crate::task::now_rfc3339(),
@@ -840,8 +842,10 @@ impl Queue {
             .dlq_retry_script
             .key(&self.cfg.dead_stream)
             .key(&self.cfg.tasks_stream)
+            .key(self.cfg.results_index())
             .arg(dead_id)
             .arg(task.to_json())
+            .arg(&task.id)
             .invoke_async(&mut self.c())
             .await?;
         Ok(r.ok_or_else(|| format!("dead letter {dead_id} vanished meanwhile")))

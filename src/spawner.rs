@@ -248,7 +248,9 @@ impl Spawner {
     }
 
     /// Re-queue what a dead worker held; drop its consumer if empty.
-    async fn reclaim_worker(&self, worker_id: &str, unit: &str, why: &str) {
+    /// Returns false if Redis could not be reached: the caller keeps the
+    /// worker on its list so the next pass tries again.
+    async fn reclaim_worker(&self, worker_id: &str, unit: &str, why: &str) -> bool {
         match self
             .queue
             .requeue_consumer(worker_id, self.max_attempts(), why, &self.host)
@@ -269,12 +271,13 @@ impl Spawner {
             }
             Err(e) => {
                 tracing::error!(worker_id, unit, error = %e, "cannot re-queue the tasks of a dead worker");
-                return;
+                return false;
             }
         }
         if let Err(e) = self.queue.delete_consumer_if_empty(worker_id).await {
             tracing::debug!(worker_id, error = %e, "delete consumer failed");
         }
+        true
     }
 
     /// One reconcile pass: read systemd + Redis, reclaim, decide, act.
@@ -304,12 +307,18 @@ impl Spawner {
             } else {
                 tracing::info!(worker_id = %u.worker_id, unit = %u.unit, result, "worker unit finished");
             }
-            self.reclaim_worker(
-                &u.worker_id,
-                &u.unit,
-                &format!("worker unit {} ({result})", u.active_state),
-            )
-            .await;
+            let reclaimed = self
+                .reclaim_worker(
+                    &u.worker_id,
+                    &u.unit,
+                    &format!("worker unit {} ({result})", u.active_state),
+                )
+                .await;
+            // Keep the failed unit loaded (and so on our list) until its
+            // tasks are safely re-queued.
+            if !reclaimed {
+                continue;
+            }
             if let Err(e) = self.sd.reset_failed(&u.unit).await {
                 tracing::debug!(unit = %u.unit, error = %e, "ResetFailedUnit failed");
             }
@@ -324,7 +333,10 @@ impl Spawner {
         for id in vanished {
             let unit = crate::systemd::unit_name(&id);
             tracing::info!(worker_id = %id, unit = %unit, "worker unit gone");
-            self.reclaim_worker(&id, &unit, "worker unit gone").await;
+            if !self.reclaim_worker(&id, &unit, "worker unit gone").await {
+                live_now.insert(id); // seen as gone again next pass: retry
+                continue;
+            }
             self.idle_since.remove(&id);
         }
         self.live_prev = live_now;

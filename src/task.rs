@@ -195,7 +195,7 @@ impl Task {
     /// The copy that goes back on the queue after a failed attempt.
     pub fn next_attempt(&self) -> Task {
         let mut t = self.clone();
-        t.attempts += 1;
+        t.attempts = t.attempts.saturating_add(1);
         t
     }
 
@@ -370,6 +370,13 @@ mod tests {
             Task::parse(PROTO.as_bytes(), 10).unwrap_err().code(),
             "too_large"
         );
+    }
+
+    #[test]
+    fn attempts_never_wrap() {
+        let s = br#"{"kind":"echo","id":"a","attempts":4294967295}"#;
+        let t = Task::parse(s, 1 << 20).unwrap();
+        assert_eq!(t.next_attempt().attempts, u32::MAX);
     }
 
     #[test]

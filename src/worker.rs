@@ -48,6 +48,9 @@ pub struct Worker {
     id: String,
     host: String,
     shutdown: watch::Receiver<bool>,
+    /// Entries this worker left pending on purpose (result backend failed);
+    /// it keeps retrying them and does not idle-exit while any remain.
+    left_pending: std::collections::HashSet<String>,
 }
 
 /// What happened to one entry (for logs and tests).
@@ -91,6 +94,7 @@ impl Worker {
             id,
             host: crate::telemetry::hostname(),
             shutdown,
+            left_pending: Default::default(),
         }
     }
 
@@ -150,7 +154,10 @@ impl Worker {
                     }
                 }
             }
-            let exit = if !idle_exit.is_zero() && last_activity.elapsed() >= idle_exit {
+            let exit = if !idle_exit.is_zero()
+                && last_activity.elapsed() >= idle_exit
+                && self.left_pending.is_empty()
+            {
                 Some(ExitReason::Idle)
             } else if !max_uptime.is_zero() && started.elapsed() >= max_uptime {
                 Some(ExitReason::MaxUptime)
@@ -255,6 +262,17 @@ impl Worker {
 
     /// Process one entry end to end. Never panics on bad input.
     pub async fn handle(&mut self, e: Entry, redelivered: bool) -> Handled {
+        let id = e.id.clone();
+        let h = self.handle_entry(e, redelivered).await;
+        if h == Handled::LeftPending {
+            self.left_pending.insert(id);
+        } else {
+            self.left_pending.remove(&id);
+        }
+        h
+    }
+
+    async fn handle_entry(&mut self, e: Entry, redelivered: bool) -> Handled {
         let limit = self.cfg.worker.max_payload_bytes;
         let Some(data) = e.data.as_deref() else {
             let why = format!(
@@ -268,14 +286,23 @@ impl Worker {
             Err(err) => return self.dead_bad(&e, err.code(), err.to_string()).await,
         };
         let max_attempts = task.max_attempts.unwrap_or(self.cfg.worker.max_attempts);
-        if redelivered {
+        // Entries we left pending ourselves (result backend down) are re-read
+        // on purpose; their delivery count says nothing about crashes.
+        if redelivered && !self.left_pending.contains(&e.id) {
             // A task that keeps killing its worker must not loop forever: the
             // PEL counter counts its deliveries across crashes.
             if let Ok(Some(n)) = self.queue.delivery_count(&e.id).await {
                 if n > u64::from(max_attempts) + 1 {
                     let msg = format!("delivered {n} times without finishing (worker crashes?)");
                     return self
-                        .dead_task(&e, &task, "poison", msg, task.attempts + 1, None)
+                        .dead_task(
+                            &e,
+                            &task,
+                            "poison",
+                            msg,
+                            task.attempts.saturating_add(1),
+                            None,
+                        )
                         .await;
                 }
             }
@@ -302,7 +329,7 @@ impl Worker {
         };
         let trace = task.trace_id.clone().unwrap_or_default();
         tracing::info!(task_id = %task.id, worker_id = %self.id, trace_id = %trace, kind = %task.kind,
-            attempt = task.attempts + 1, entry_id = %e.id, "task started");
+            attempt = task.attempts.saturating_add(1), entry_id = %e.id, "task started");
         let started_at = now_rfc3339();
         let t0 = Instant::now();
         let outcome = match self.run_handler(&e.id, &task, handler.as_ref()).await {
@@ -333,7 +360,7 @@ impl Worker {
                 .get_or_create(&labels(&[("handler", handler.name())]))
                 .inc();
         }
-        let attempts_done = task.attempts + 1;
+        let attempts_done = task.attempts.saturating_add(1);
         let record = ResultRecord {
             task_id: task.id.clone(),
             status: outcome.status,
@@ -560,6 +587,9 @@ impl Worker {
             match f(self.queue.clone(), entry_id.to_string(), self.id.clone()).await {
                 Ok(m) => return Some(m),
                 Err(e) => {
+                    // Keep the watchdog fed through a Redis outage: the task is
+                    // done, only its acknowledgement is waiting.
+                    notify(&[NotifyState::Watchdog]);
                     tracing::warn!(worker_id = %self.id, entry_id, error = %e, "acknowledging failed; retrying");
                     if self.stopping() && Instant::now() > give_up {
                         return None;

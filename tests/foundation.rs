@@ -123,11 +123,22 @@ fn retryable_failures_retry_then_dead_letter_intact() {
     let r = Redis::start();
     let dir = tempfile::tempdir_in(scratch()).unwrap();
     let runs = dir.path().join("runs");
+    // Fails (retryably) on its first three runs, succeeds from the fourth.
+    let script = dir.path().join("flaky.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ncat >/dev/null\necho run >> {r}\nif [ $(wc -l < {r}) -ge 4 ]; then echo '{{\"fixed\":true}}'; exit 0; fi\necho 'LLM 503' >&2\nexit 75\n",
+            r = runs.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let cfg = cfg_with(
         dir.path(),
         &format!(
-            "max-attempts = 3\n[[handlers.command]]\nkind = \"flaky\"\nprogram = \"/bin/sh\"\nargs = [\"-c\", \"cat >/dev/null; echo run >> {}; echo 'LLM 503' >&2; exit 75\"]\n",
-            runs.display()
+            "max-attempts = 3\n[[handlers.command]]\nkind = \"flaky\"\nprogram = \"{}\"\n",
+            script.display()
         ),
     );
     let _w = WorkerProc::start(&r, &cfg, "w-retry", &[]);
@@ -182,16 +193,22 @@ fn retryable_failures_retry_then_dead_letter_intact() {
     assert_eq!(res[0]["attempts"], 3);
     assert_eq!(r.int(&["XLEN", "peagen.tasks"]), 0);
 
-    // Operator retries it: back on the queue with attempts reset, runs again.
+    // The cause is fixed (the 4th run succeeds) and the operator retries it:
+    // back on the queue with attempts reset; the success becomes the final
+    // result, replacing the dead letter's error.
     let dead_id = d["dead_id"].as_str().unwrap().to_string();
     ctl_ok(&r, Some(&cfg), &["queue", "dlq", "retry", &dead_id]);
-    eventually(LONG, "dead again after 3 more runs", || {
-        r.int(&["XLEN", "peagen.dead"]) == 1
-            && std::fs::read_to_string(&runs)
-                .map(|s| s.lines().count())
-                .unwrap_or(0)
-                == 6
+    assert_eq!(r.int(&["XLEN", "peagen.dead"]), 0);
+    eventually(LONG, "retried task succeeds", || {
+        let o = ctl(&r, Some(&cfg), &["task", "get", &id, "--json"]);
+        o.status.success() && String::from_utf8_lossy(&o.stdout).contains("\"status\":\"ok\"")
     });
+    let v: Value =
+        serde_json::from_str(&ctl_ok(&r, Some(&cfg), &["task", "get", &id, "--json"])).unwrap();
+    assert_eq!(v["data"]["fixed"], true);
+    assert_eq!(v["attempts"], 1);
+    assert_eq!(std::fs::read_to_string(&runs).unwrap().lines().count(), 4);
+    assert_eq!(r.int(&["XLEN", "peagen.tasks"]), 0);
 }
 
 #[test]
