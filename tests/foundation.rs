@@ -92,13 +92,7 @@ fn kill_9_mid_task_then_restart_completes_exactly_once() {
             runs.display()
         ),
     );
-    let id = ctl_ok(
-        &r,
-        Some(&cfg),
-        &["push", "--kind", "slow", "--id", "slow-1"],
-    )
-    .trim()
-    .to_string();
+    let id = push(&r, &cfg, "slow", "slow-1").trim().to_string();
     let mut w = WorkerProc::start(&r, &cfg, "w-crash", &[]);
     eventually(LONG, "task started", || runs.exists());
     w.kill9();
@@ -244,11 +238,7 @@ fn every_bad_input_is_dead_lettered_and_the_worker_keeps_going() {
         args.extend(fields.iter());
         r.cli(&args);
     }
-    ctl_ok(
-        &r,
-        Some(&cfg),
-        &["push", "--kind", "echo", "--id", "good-after"],
-    );
+    push(&r, &cfg, "echo", "good-after");
     eventually(LONG, "all bad entries dead-lettered", || {
         r.int(&["XLEN", "peagen.dead"]) == cases.len() as i64
     });
@@ -410,11 +400,7 @@ fn failing_result_backend_leaves_task_pending_and_worker_running() {
         ),
     );
     let mut w = WorkerProc::start(&r, &cfg, "w-disk", &[]);
-    ctl_ok(
-        &r,
-        Some(&cfg),
-        &["push", "--kind", "echo", "--id", "disk-1"],
-    );
+    push(&r, &cfg, "echo", "disk-1");
     eventually(LONG, "error record published", || {
         r.stream_data("peagen.results")
             .iter()
@@ -450,16 +436,8 @@ fn sigterm_drains_the_current_task_and_exits_0() {
         ),
     );
     let mut w = WorkerProc::start(&r, &cfg, "w-term", &[]);
-    ctl_ok(
-        &r,
-        Some(&cfg),
-        &["push", "--kind", "slow", "--id", "drain-1"],
-    );
-    ctl_ok(
-        &r,
-        Some(&cfg),
-        &["push", "--kind", "slow", "--id", "drain-2"],
-    );
+    push(&r, &cfg, "slow", "drain-1");
+    push(&r, &cfg, "slow", "drain-2");
     eventually(LONG, "task started", || started.exists());
     w.term();
     assert_eq!(w.wait_exit(LONG), Some(0));
@@ -524,11 +502,7 @@ fn worker_waits_for_redis_that_starts_later() {
     let w = WorkerProc::start(&r, &cfg, "w-late", &[]);
     std::thread::sleep(Duration::from_millis(1500));
     r.crash_and_restart(Duration::ZERO);
-    ctl_ok(
-        &r,
-        Some(&cfg),
-        &["push", "--kind", "echo", "--id", "late-1"],
-    );
+    push(&r, &cfg, "echo", "late-1");
     eventually(LONG, "processed once Redis is up", || {
         r.int(&["HEXISTS", "peagen.results.index", "late-1"]) == 1
     });

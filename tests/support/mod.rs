@@ -179,6 +179,13 @@ pub fn ctl_ok(redis: &Redis, config: Option<&Path>, args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// `peagenctl push --kind KIND --id ID`; returns the printed task id.
+pub fn push(redis: &Redis, config: &Path, kind: &str, id: &str) -> String {
+    ctl_ok(redis, Some(config), &["push", "--kind", kind, "--id", id])
+        .trim()
+        .to_string()
+}
+
 pub struct WorkerProc {
     pub child: Child,
     pub log: PathBuf,
