@@ -497,25 +497,7 @@ async fn workers(cfg: &Config, as_json: bool) -> Result<(), CtlError> {
     let consumers = q.consumers().await.map_err(unavailable)?;
     let mut rows = Vec::new();
     for c in consumers {
-        let current = match q
-            .pending_ids_of(&c.name, 1)
-            .await
-            .map_err(unavailable)?
-            .first()
-        {
-            Some(eid) => q
-                .range(&cfg.redis.tasks_stream, eid, eid, 1)
-                .await
-                .map_err(unavailable)?
-                .first()
-                .and_then(|e| {
-                    e.data
-                        .as_deref()
-                        .and_then(|d| serde_json::from_slice::<Value>(d).ok())
-                })
-                .and_then(|v| v["id"].as_str().map(str::to_string)),
-            None => None,
-        };
+        let current = q.current_task_of(&c.name).await.map_err(unavailable)?;
         rows.push(json!({
             "worker_id": c.name,
             "state": if c.pending > 0 { "busy" } else { "idle" },

@@ -25,6 +25,15 @@ pub fn labels(pairs: &[(&str, &str)]) -> Labels {
         .collect()
 }
 
+/// Replace a `{kind}` gauge family with fresh counts (kinds that vanished
+/// disappear instead of keeping their last value).
+pub fn set_by_kind(g: &GaugeVec, counts: std::collections::BTreeMap<String, u64>) {
+    g.clear();
+    for (k, n) in counts {
+        g.get_or_create(&labels(&[("kind", &k)])).set(n as i64);
+    }
+}
+
 pub fn duration_histogram() -> Histogram {
     // 1 ms .. ~9 min
     Histogram::new(exponential_buckets(0.001, 2.0, 20))

@@ -368,9 +368,10 @@ impl Queue {
         task_id: &str,
         result_json: Option<&str>,
     ) -> Result<Moved> {
-        let target = self.cfg.dead_stream.clone();
+        // No target data is written; the target key is only named (a key of
+        // the same hash slot, for Redis Cluster).
         self.run_move(
-            &target,
+            &self.cfg.dead_stream,
             entry_id,
             owner,
             "",
@@ -382,9 +383,15 @@ impl Queue {
 
     /// Re-enqueue `next` (attempts already incremented) and ack the original.
     pub async fn retry(&self, entry_id: &str, owner: &str, next: &Task) -> Result<Moved> {
-        let target = self.cfg.tasks_stream.clone();
-        self.run_move(&target, entry_id, owner, &next.to_json(), "", "")
-            .await
+        self.run_move(
+            &self.cfg.tasks_stream,
+            entry_id,
+            owner,
+            &next.to_json(),
+            "",
+            "",
+        )
+        .await
     }
 
     /// Move an entry to the dead-letter stream (and optionally record a final
@@ -396,7 +403,6 @@ impl Queue {
         dl: &DeadLetter,
         result_json: Option<&str>,
     ) -> Result<Moved> {
-        let target = self.cfg.dead_stream.clone();
         let data = serde_json::to_string(dl).expect("dead letter serializes");
         let tid = dl.task_id.clone().unwrap_or_default();
         let result = if tid.is_empty() {
@@ -404,7 +410,7 @@ impl Queue {
         } else {
             result_json.unwrap_or("")
         };
-        self.run_move(&target, entry_id, owner, &data, &tid, result)
+        self.run_move(&self.cfg.dead_stream, entry_id, owner, &data, &tid, result)
             .await
     }
 
@@ -466,6 +472,20 @@ impl Queue {
             .query_async(&mut self.c())
             .await?;
         Ok(v.into_iter().map(|e| e.0).collect())
+    }
+
+    /// Task id of the oldest entry `consumer` holds (its current task).
+    pub async fn current_task_of(&self, consumer: &str) -> Result<Option<String>> {
+        let Some(eid) = self.pending_ids_of(consumer, 1).await?.into_iter().next() else {
+            return Ok(None);
+        };
+        Ok(self
+            .range(&self.cfg.tasks_stream, &eid, &eid, 1)
+            .await?
+            .first()
+            .and_then(|e| e.data.as_deref())
+            .and_then(|d| serde_json::from_slice::<serde_json::Value>(d).ok())
+            .and_then(|v| v["id"].as_str().map(str::to_string)))
     }
 
     /// Re-queue (attempts+1) or dead-letter everything `consumer` held. Used
@@ -539,55 +559,35 @@ impl Queue {
             dead_at: crate::task::now_rfc3339(),
             raw: raw.clone(),
         };
-        let moved = match parsed {
+        // Either a retry copy, or the dead letter to write instead.
+        let dead_letter = match parsed {
             Some(Ok(task)) => {
                 let max = task.max_attempts.unwrap_or(max_attempts);
-                match crate::retry::decide_reclaim(task.attempts, max) {
-                    crate::retry::Decision::Retry => {
-                        let m = self.retry(id, owner, &task.next_attempt()).await?;
-                        if m == Moved::Done {
-                            rep.requeued += 1;
-                        }
-                        m
-                    }
-                    _ => {
-                        let dl = dead(
-                            Some(&task),
-                            "attempts_exhausted",
-                            format!("{reason}; no attempts left ({max} allowed)"),
-                        );
-                        let m = self.dead_letter(id, owner, &dl, None).await?;
-                        if m == Moved::Done {
-                            rep.dead_lettered += 1;
-                        }
-                        m
-                    }
+                if crate::retry::decide_reclaim(task.attempts, max) == crate::retry::Decision::Retry
+                {
+                    let moved = self.retry(id, owner, &task.next_attempt()).await?;
+                    rep.requeued += u64::from(moved == Moved::Done);
+                    tracing::debug!(entry_id = id, consumer = owner, ?moved, "reclaim");
+                    return Ok(());
                 }
+                dead(
+                    Some(&task),
+                    "attempts_exhausted",
+                    format!("{reason}; no attempts left ({max} allowed)"),
+                )
             }
-            Some(Err(e)) => {
-                let dl = dead(None, e.code(), e.to_string());
-                let m = self.dead_letter(id, owner, &dl, None).await?;
-                if m == Moved::Done {
-                    rep.dead_lettered += 1;
-                }
-                m
-            }
-            None => {
-                let dl = dead(
-                    None,
-                    "no_data",
-                    format!(
-                        "entry has no `data` field (fields: {})",
-                        entry.fields.join(",")
-                    ),
-                );
-                let m = self.dead_letter(id, owner, &dl, None).await?;
-                if m == Moved::Done {
-                    rep.dead_lettered += 1;
-                }
-                m
-            }
+            Some(Err(e)) => dead(None, e.code(), e.to_string()),
+            None => dead(
+                None,
+                "no_data",
+                format!(
+                    "entry has no `data` field (fields: {})",
+                    entry.fields.join(",")
+                ),
+            ),
         };
+        let moved = self.dead_letter(id, owner, &dead_letter, None).await?;
+        rep.dead_lettered += u64::from(moved == Moved::Done);
         tracing::debug!(entry_id = id, consumer = owner, ?moved, "reclaim");
         Ok(())
     }

@@ -160,18 +160,11 @@ pub async fn list_workers(cfg: &Config) -> Result<Vec<WorkerRow>> {
     let mut rows = Vec::new();
     for u in units {
         let pending = consumers.get(&u.worker_id).copied().unwrap_or(0);
-        let mut current_task = None;
-        if pending > 0 {
-            if let Some(eid) = q.pending_ids_of(&u.worker_id, 1).await?.first() {
-                current_task = q
-                    .range(&cfg.redis.tasks_stream, eid, eid, 1)
-                    .await?
-                    .first()
-                    .and_then(|e| e.data.as_deref())
-                    .and_then(|d| serde_json::from_slice::<serde_json::Value>(d).ok())
-                    .and_then(|v| v["id"].as_str().map(str::to_string));
-            }
-        }
+        let current_task = if pending > 0 {
+            q.current_task_of(&u.worker_id).await?
+        } else {
+            None
+        };
         rows.push(WorkerRow {
             state: row_state(&u, pending).into(),
             worker_id: u.worker_id,
@@ -495,13 +488,7 @@ impl Spawner {
         {
             self.last_slow_gauges = Some(now);
             if let Ok(kinds) = self.queue.pending_by_kind(10_000).await {
-                self.m.queue_pending_by_kind.clear();
-                for (k, v) in kinds {
-                    self.m
-                        .queue_pending_by_kind
-                        .get_or_create(&labels(&[("kind", &k)]))
-                        .set(v as i64);
-                }
+                crate::metrics::set_by_kind(&self.m.queue_pending_by_kind, kinds);
             }
             let r = &self.cfg.redis;
             for s in [&r.tasks_stream, &r.results_stream, &r.dead_stream] {

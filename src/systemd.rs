@@ -297,6 +297,15 @@ fn var<'a>(v: impl Into<Variant<'a>>) -> Result<OwnedVariant> {
     OwnedVariant::try_from(v.into()).context("encoding a D-Bus property")
 }
 
+/// A `(bas)` property: (allow-list?, names), as SystemCallFilter and
+/// RestrictAddressFamilies take it.
+fn list_var(allow: bool, names: &[&str]) -> Result<OwnedVariant> {
+    var((
+        allow,
+        names.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+    ))
+}
+
 /// Namespaces the worker's sandbox must be able to create (everything but time).
 const ALLOWED_NAMESPACES: u64 = (libc::CLONE_NEWUSER
     | libc::CLONE_NEWNS
@@ -434,38 +443,14 @@ pub fn worker_properties(
         put("ProtectHome", var("yes")?);
         put("UMask", var(0o077u32)?);
         put("RestrictNamespaces", var(ALLOWED_NAMESPACES)?);
-        put(
-            "SystemCallFilter",
-            var((
-                true,
-                ALLOWED_SYSCALLS
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect::<Vec<_>>(),
-            ))?,
-        );
-        put(
-            "SystemCallFilter",
-            var((
-                false,
-                DENIED_SYSCALL_GROUPS
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect::<Vec<_>>(),
-            ))?,
-        );
+        put("SystemCallFilter", list_var(true, &ALLOWED_SYSCALLS)?);
+        put("SystemCallFilter", list_var(false, &DENIED_SYSCALL_GROUPS)?);
         // EPERM rather than SIGSYS: a denied call fails like any refused one.
         put("SystemCallErrorNumber", var(libc::EPERM)?);
         put("SystemCallArchitectures", var(vec!["native".to_string()])?);
         put(
             "RestrictAddressFamilies",
-            var((
-                true,
-                ADDRESS_FAMILIES
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect::<Vec<_>>(),
-            ))?,
+            list_var(true, &ADDRESS_FAMILIES)?,
         );
         if cfg.dynamic_user || !cfg.user.is_empty() {
             // No capabilities for unprivileged workers; the sandbox gets its

@@ -44,7 +44,7 @@ pub struct Worker {
     queue: Arc<Queue>,
     handlers: Registry,
     metrics: WorkerMetrics,
-    fs: Option<FsBackend>,
+    fs: Option<Arc<FsBackend>>,
     id: String,
     host: String,
     shutdown: watch::Receiver<bool>,
@@ -83,7 +83,7 @@ impl Worker {
     ) -> Self {
         let handlers = Registry::from_config(&cfg);
         let fs = (cfg.results.backend == ResultBackendKind::Fs)
-            .then(|| FsBackend::new(cfg.results.dir.clone()));
+            .then(|| Arc::new(FsBackend::new(cfg.results.dir.clone())));
         let id = make_worker_id(&cfg.worker.id);
         Worker {
             cfg,
@@ -537,9 +537,8 @@ impl Worker {
         let Some(fs) = &self.fs else {
             return Some(Some(json));
         };
-        let dir = fs.dir().to_owned();
-        let rec = record.clone();
-        let res = tokio::task::spawn_blocking(move || FsBackend::new(dir).save(&rec))
+        let (backend, rec) = (fs.clone(), record.clone());
+        let res = tokio::task::spawn_blocking(move || backend.save(&rec))
             .await
             .unwrap_or_else(|e| {
                 Err(crate::results::BackendError::Io {
@@ -713,12 +712,7 @@ pub const FLEET_FLUSH_EVERY: Duration = Duration::from_secs(5);
 pub async fn pending_gauge_loop(queue: Arc<Queue>, m: WorkerMetrics, every: Duration) {
     loop {
         if let Ok(by_kind) = queue.pending_by_kind(10_000).await {
-            m.queue_pending.clear();
-            for (k, n) in by_kind {
-                m.queue_pending
-                    .get_or_create(&labels(&[("kind", &k)]))
-                    .set(n as i64);
-            }
+            crate::metrics::set_by_kind(&m.queue_pending, by_kind);
         }
         tokio::time::sleep(every).await;
     }

@@ -59,18 +59,6 @@ enum Op {
     },
 }
 
-/// `struct mount_attr` of `mount_setattr(2)`.
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
-const MOUNT_ATTR_RDONLY: u64 = 0x1;
-const MOUNT_ATTR_NOSUID: u64 = 0x2;
-const MOUNT_ATTR_NODEV: u64 = 0x4;
-
 /// The parts of the plan that do not depend on the request.
 pub struct Fixed {
     staging: CString,
@@ -497,8 +485,8 @@ unsafe fn child_main(p: &Plan) -> ! {
             };
             check!(r, 7);
         }
-        let attr = MountAttr {
-            attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+        let attr = libc::mount_attr {
+            attr_set: libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV,
             attr_clr: 0,
             propagation: 0,
             userns_fd: 0,
@@ -508,8 +496,8 @@ unsafe fn child_main(p: &Plan) -> ! {
             libc::AT_FDCWD,
             f.staging.as_ptr(),
             libc::AT_RECURSIVE as u32,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
         ) as c_int;
         let remount_root = setattr < 0;
         if remount_root {
