@@ -392,6 +392,21 @@ fn ptrace_is_denied() {
     assert_ne!(r["kill_worker"], "OK", "worker pid visible: {r:?}");
 }
 
+/// The reaper (PID 1 of the task's pid namespace) shares the worker's
+/// memory on x86_64: the task must not see it, read anything of it or
+/// disturb it with signals.
+#[test]
+fn the_reaper_is_out_of_reach() {
+    let v = sh("ls /proc | grep -qx 1 && echo listed; \
+         for f in environ cmdline maps mem status stat; do \
+           cat /proc/1/$f >/dev/null 2>&1 && echo read $f; done; \
+         ls /proc/1/fd >/dev/null 2>&1 && echo fds; \
+         for s in TERM INT HUP USR1 USR2 CHLD PIPE; do kill -$s 1 2>/dev/null; done; \
+         sleep 0.1; echo alive");
+    assert_eq!(v.status, Status::Ok, "{v:?}");
+    assert_eq!(v.stdout, "alive\n", "{v:?}");
+}
+
 #[test]
 fn new_namespaces_are_denied() {
     let r = ctypes_probe(

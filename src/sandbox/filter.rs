@@ -256,6 +256,7 @@ pub const FS_EXECUTE: u64 = 1 << 0;
 pub const FS_WRITE_FILE: u64 = 1 << 1;
 pub const FS_READ_FILE: u64 = 1 << 2;
 pub const FS_READ_DIR: u64 = 1 << 3;
+pub const FS_MAKE_BLOCK: u64 = 1 << 11;
 pub const FS_TRUNCATE: u64 = 1 << 14;
 
 /// Filesystem rights handled (= denied unless granted) at a given ABI.

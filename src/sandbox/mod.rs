@@ -17,6 +17,7 @@ mod cgroup;
 mod cli;
 mod filter;
 mod spawn;
+mod sys;
 
 pub use cli::run_cli;
 

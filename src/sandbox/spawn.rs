@@ -20,8 +20,9 @@
 //!    the status pipe and exits; the kernel kills whatever is left in the
 //!    pid namespace. The parent polls output, pidfd and the clock.
 
-use super::cgroup::TaskCgroups;
+use super::cgroup::{self, TaskCgroups};
 use super::filter::{self, BpfProgram, LlPathBeneath, LlRulesetAttr};
+use super::sys::{self, Stacks};
 use super::{
     check_rel_path, cstr, signal_name, Effective, Enforced, EnforcedLimits, Mechanism, Request,
     RequestError, Sandbox, Status, Verdict, MAX_FILES, WORK_DIR,
@@ -32,6 +33,7 @@ use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+use syscalls::{syscall, Errno, Sysno};
 
 /// One step of building the root, executed in order by the child.
 enum Op {
@@ -78,6 +80,10 @@ pub struct Fixed {
     /// We can map an arbitrary uid (root in the initial user namespace).
     privileged: bool,
     ll_rules: Vec<(CString, u64)>,
+    stacks: Stacks,
+    /// Clone the reaper with CLONE_VM (see `sys`): needs landlock, whose
+    /// nested domain keeps the task out of the reaper's memory.
+    pub share_vm: bool,
 }
 
 const STAGING_CANDIDATES: &[&str] = &["/mnt", "/media", "/srv", "/opt", "/tmp"];
@@ -303,6 +309,8 @@ impl Fixed {
             host_gid,
             privileged,
             ll_rules,
+            stacks: Stacks::default(),
+            share_vm: sys::CAN_SHARE_VM && abi > 0,
             shared_net: if cfg.shared_netns && privileged && abi >= 6 {
                 Some(make_empty_netns()?)
             } else {
@@ -329,8 +337,12 @@ struct Plan<'a> {
     argv_ptrs: Vec<*const c_char>,
     envp_ptrs: Vec<*const c_char>,
     hostname: CString,
-    /// Stack of the user process between its clone and execve.
-    user_stack: Vec<u8>,
+    /// Top of the user process's stack (between its clone and execve).
+    user_stack_top: *mut u8,
+    /// The reaper shares the worker's memory (CLONE_VM).
+    shared_vm: bool,
+    /// v1 cgroups the child joins itself: (open `tasks` fd, limit bits).
+    cg_join: Vec<(c_int, u8)>,
     stdin_fd: c_int,
     out_w: c_int,
     err_w: c_int,
@@ -342,6 +354,8 @@ struct Plan<'a> {
 const TAG_SETUP: i32 = 1;
 const TAG_EXEC: i32 = 2;
 const TAG_EXIT: i32 = 3;
+/// [TAG_CG_LOST, limit bits, 0]: v1 cgroups the child could not join.
+const TAG_CG_LOST: i32 = 4;
 
 /// Set-up steps, named in `internal_error` messages.
 const STEPS: &[&str] = &[
@@ -369,121 +383,124 @@ const STEPS: &[&str] = &[
     "seccomp",                    // 21
     "file descriptors",           // 22
     "fork",                       // 23
+    "nested landlock domain",     // 24
 ];
 const STEP_FILES: i32 = 12;
-
-/// Release byte bits: which limits the cgroups took over.
-const REL_MEMORY_CG: u8 = 1;
-const REL_PIDS_CG: u8 = 2;
+const STEP_NEST: i32 = 24;
 
 fn errno() -> c_int {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
-/// Child: report a failed step and exit. Async-signal-safe.
-unsafe fn fail(fd: c_int, step: i32) -> ! {
-    let msg = [TAG_SETUP, step, errno()];
-    // SAFETY: writes 12 bytes from a stack array to our own pipe; _exit never returns.
-    unsafe {
-        libc::write(fd, msg.as_ptr() as *const c_void, 12);
-        libc::_exit(121)
+/// Child: one status message. Async-signal-safe, no errno.
+fn send(fd: c_int, msg: [i32; 3]) {
+    // SAFETY: writes 12 bytes from a stack array to our own pipe.
+    let _ = unsafe { syscall!(Sysno::write, fd, msg.as_ptr(), 12) };
+}
+
+/// Child: leave now (the whole child process, not just this thread).
+fn exit(code: i32) -> ! {
+    // SAFETY: exit_group takes no pointer and does not return.
+    let _ = unsafe { syscall!(Sysno::exit_group, code) };
+    loop {
+        std::hint::spin_loop();
     }
 }
 
-/// Child side. Never returns. Only async-signal-safe calls.
+/// Child: report a failed step and exit.
+fn fail(fd: c_int, step: i32, err: Errno) -> ! {
+    send(fd, [TAG_SETUP, step, err.into_raw()]);
+    exit(121)
+}
+
+/// The reaper's entry (see [`child_main`]).
+extern "C" fn reaper_main(arg: *mut c_void) -> c_int {
+    // SAFETY: `arg` is the parent's `&Plan`, which outlives this process
+    // (the parent reaps it before dropping the plan).
+    unsafe { child_main(&*(arg as *const Plan)) }
+}
+
+/// Child side. Never returns. Raw syscalls only: with `CLONE_VM` this
+/// process shares the worker's memory and thread-local storage, so it must
+/// not touch the allocator, libc state or errno; it writes to its own stack
+/// and nothing else.
 ///
 /// # Safety
 /// Must only be called in the freshly cloned child, with `p` fully built.
 unsafe fn child_main(p: &Plan) -> ! {
     let f = p.fixed;
     let st = p.status_w;
-    // SAFETY (whole block): every call is a raw syscall wrapper on
-    // pointers into `p`, which the clone copied and nothing mutates.
+    // SAFETY (whole block): every call is a raw syscall on pointers into
+    // `p` (alive and unchanged until we exit) or into our own stack.
     unsafe {
-        macro_rules! check {
-            ($e:expr, $step:expr) => {
-                if ($e) < 0 {
-                    fail(st, $step)
+        macro_rules! sys {
+            ($step:expr; $nr:ident $(, $a:expr)*) => {
+                match syscall!(Sysno::$nr $(, $a)*) {
+                    Ok(v) => v,
+                    Err(e) => fail(st, $step, e),
                 }
             };
         }
-        // 0. Wait until the parent wrote the id maps and attached cgroups.
+        let null = 0usize;
+        // 0. Wait until the parent wrote the id maps (and joined the v2
+        // cgroups). Signals stay blocked in the reaper for good: its
+        // handlers are the worker's, and with CLONE_VM they would run on the
+        // worker's memory.
         let mut rel = [0u8; 1];
         loop {
-            let r = libc::read(p.sync_r, rel.as_mut_ptr() as *mut c_void, 1);
-            if r == 1 {
-                break;
+            match syscall!(Sysno::read, p.sync_r, rel.as_mut_ptr(), 1) {
+                Ok(1) => break,
+                Err(Errno::EINTR) => continue,
+                _ => exit(120), // parent gave up
             }
-            if r < 0 && errno() == libc::EINTR {
-                continue;
-            }
-            libc::_exit(120); // parent gave up
         }
-        check!(libc::unshare(libc::CLONE_NEWCGROUP), 1);
-        // Raw syscalls: glibc's set*id wrappers broadcast to the threads
-        // the parent had, which do not exist here, and would hang.
+        // Join the v1 cgroups (before the cgroup namespace, or the task
+        // would see the host's cgroup path).
+        let mut have = rel[0];
+        let mut lost = 0u8;
+        for &(fd, bits) in &p.cg_join {
+            match syscall!(Sysno::write, fd, c"0".as_ptr(), 1) {
+                Ok(_) => have |= bits,
+                Err(_) => lost |= bits,
+            }
+        }
+        if lost != 0 {
+            send(st, [TAG_CG_LOST, lost as i32, 0]);
+        }
+        sys!(1; unshare, libc::CLONE_NEWCGROUP);
         if f.privileged {
-            check!(
-                libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>())
-                    as c_int,
-                2
-            );
+            sys!(2; setgroups, 0, null);
         }
-        check!(libc::syscall(libc::SYS_setresgid, 0, 0, 0) as c_int, 3);
-        check!(libc::syscall(libc::SYS_setresuid, 0, 0, 0) as c_int, 4);
+        sys!(3; setresgid, 0, 0, 0);
+        sys!(4; setresuid, 0, 0, 0);
 
         // Mounts.
-        let null = std::ptr::null::<c_char>();
-        check!(
-            libc::mount(
-                null,
-                c"/".as_ptr(),
-                null,
-                (libc::MS_REC | libc::MS_PRIVATE) as c_ulong,
-                std::ptr::null()
-            ),
-            5
-        );
-        check!(
-            libc::mount(
-                c"tmpfs".as_ptr(),
-                f.staging.as_ptr(),
-                c"tmpfs".as_ptr(),
-                (libc::MS_NOSUID | libc::MS_NODEV) as c_ulong,
-                f.root_opts.as_ptr() as *const c_void
-            ),
-            6
-        );
+        sys!(5; mount, null, c"/".as_ptr(), null, libc::MS_REC | libc::MS_PRIVATE, null);
+        sys!(6; mount, c"tmpfs".as_ptr(), f.staging.as_ptr(), c"tmpfs".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV, f.root_opts.as_ptr());
         // The tree: directories, files, symlinks and the read-only binds,
         // then one recursive read-only + nosuid + nodev for all of it (root
         // tmpfs included), then the device nodes on top. Kernels without
         // mount_setattr (< 5.12) get one remount per bind instead.
         let ops = || f.ops.iter().chain(p.extra_ops.iter());
         for op in ops() {
-            let r = match op {
-                Op::Mkdir(d) => libc::mkdir(d.as_ptr(), 0o755),
-                Op::Touch(d) => {
-                    let fd = libc::open(
-                        d.as_ptr(),
-                        libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
-                        0o644,
-                    );
-                    if fd >= 0 {
-                        libc::close(fd);
-                    }
-                    fd
+            match op {
+                Op::Mkdir(d) => {
+                    sys!(7; mkdirat, libc::AT_FDCWD, d.as_ptr(), 0o755);
                 }
-                Op::Symlink { target, link } => libc::symlink(target.as_ptr(), link.as_ptr()),
-                Op::Bind { src, dst } => libc::mount(
-                    src.as_ptr(),
-                    dst.as_ptr(),
-                    null,
-                    (libc::MS_BIND | libc::MS_REC) as c_ulong,
-                    std::ptr::null(),
-                ),
-                Op::Remount { .. } | Op::DevBind { .. } => 0,
-            };
-            check!(r, 7);
+                Op::Touch(d) => {
+                    let fd = sys!(7; openat, libc::AT_FDCWD, d.as_ptr(),
+                        libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC, 0o644);
+                    let _ = syscall!(Sysno::close, fd);
+                }
+                Op::Symlink { target, link } => {
+                    sys!(7; symlinkat, target.as_ptr(), libc::AT_FDCWD, link.as_ptr());
+                }
+                Op::Bind { src, dst } => {
+                    sys!(7; mount, src.as_ptr(), dst.as_ptr(), null, libc::MS_BIND | libc::MS_REC, null);
+                }
+                Op::Remount { .. } | Op::DevBind { .. } => {}
+            }
         }
         let attr = libc::mount_attr {
             attr_set: libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV,
@@ -491,158 +508,106 @@ unsafe fn child_main(p: &Plan) -> ! {
             propagation: 0,
             userns_fd: 0,
         };
-        let setattr = libc::syscall(
-            libc::SYS_mount_setattr,
+        let remount_root = match syscall!(
+            Sysno::mount_setattr,
             libc::AT_FDCWD,
             f.staging.as_ptr(),
-            libc::AT_RECURSIVE as u32,
+            libc::AT_RECURSIVE,
             &attr as *const libc::mount_attr,
-            std::mem::size_of::<libc::mount_attr>(),
-        ) as c_int;
-        let remount_root = setattr < 0;
+            std::mem::size_of::<libc::mount_attr>()
+        ) {
+            Ok(_) => false,
+            Err(Errno::ENOSYS) => true,
+            Err(e) => fail(st, 7, e),
+        };
         if remount_root {
-            if errno() != libc::ENOSYS {
-                fail(st, 7);
-            }
             for op in ops() {
                 if let Op::Remount { dst, flags } = op {
-                    check!(
-                        libc::mount(null, dst.as_ptr(), null, *flags, std::ptr::null()),
-                        7
-                    );
+                    sys!(7; mount, null, dst.as_ptr(), null, *flags, null);
                 }
             }
         }
         for op in ops() {
             if let Op::DevBind { src, dst } = op {
-                check!(
-                    libc::mount(
-                        src.as_ptr(),
-                        dst.as_ptr(),
-                        null,
-                        (libc::MS_BIND | libc::MS_REC) as c_ulong,
-                        std::ptr::null(),
-                    ),
-                    7
-                );
+                sys!(7; mount, src.as_ptr(), dst.as_ptr(), null, libc::MS_BIND | libc::MS_REC, null);
             }
         }
-        check!(
-            libc::mount(
-                c"tmpfs".as_ptr(),
-                f.work_dst.as_ptr(),
-                c"tmpfs".as_ptr(),
-                (libc::MS_NOSUID | libc::MS_NODEV) as c_ulong,
-                p.work_opts.as_ptr() as *const c_void
-            ),
-            8
-        );
-        check!(
-            libc::mount(
-                c"proc".as_ptr(),
-                f.proc_dst.as_ptr(),
-                c"proc".as_ptr(),
-                (libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC) as c_ulong,
-                std::ptr::null()
-            ),
-            9
-        );
-        check!(libc::chdir(f.staging.as_ptr()), 10);
-        check!(
-            libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as c_int,
-            10
-        );
-        check!(libc::umount2(c".".as_ptr(), libc::MNT_DETACH), 10);
-        check!(libc::chdir(c"/".as_ptr()), 10);
+        sys!(8; mount, c"tmpfs".as_ptr(), f.work_dst.as_ptr(), c"tmpfs".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV, p.work_opts.as_ptr());
+        // hidepid: processes the task may not ptrace (the reaper) are not
+        // even listed.
+        sys!(9; mount, c"proc".as_ptr(), f.proc_dst.as_ptr(), c"proc".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, c"hidepid=invisible".as_ptr());
+        sys!(10; chdir, f.staging.as_ptr());
+        sys!(10; pivot_root, c".".as_ptr(), c".".as_ptr());
+        sys!(10; umount2, c".".as_ptr(), libc::MNT_DETACH);
+        sys!(10; chdir, c"/".as_ptr());
         if remount_root {
-            check!(
-                libc::mount(
-                    null,
-                    c"/".as_ptr(),
-                    null,
-                    (libc::MS_REMOUNT
-                        | libc::MS_BIND
-                        | libc::MS_RDONLY
-                        | libc::MS_NOSUID
-                        | libc::MS_NODEV) as c_ulong,
-                    std::ptr::null()
-                ),
-                11
-            );
+            sys!(11; mount, null, c"/".as_ptr(), null,
+                libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+                null);
         }
 
         // The request's files.
         for d in &p.file_dirs {
-            if libc::mkdir(d.as_ptr(), 0o755) < 0 && errno() != libc::EEXIST {
-                fail(st, STEP_FILES);
+            match syscall!(Sysno::mkdirat, libc::AT_FDCWD, d.as_ptr(), 0o755) {
+                Ok(_) | Err(Errno::EEXIST) => {}
+                Err(e) => fail(st, STEP_FILES, e),
             }
         }
         for (path, data) in &p.files {
-            let fd = libc::open(
-                path.as_ptr(),
+            let fd = sys!(STEP_FILES; openat, libc::AT_FDCWD, path.as_ptr(),
                 libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                0o644,
-            );
-            check!(fd, STEP_FILES);
+                0o644);
             let mut off = 0usize;
             while off < data.len() {
-                let n = libc::write(fd, data[off..].as_ptr() as *const c_void, data.len() - off);
-                if n < 0 {
-                    if errno() == libc::EINTR {
-                        continue;
-                    }
-                    fail(st, STEP_FILES);
+                match syscall!(Sysno::write, fd, data.as_ptr().add(off), data.len() - off) {
+                    Ok(n) => off += n,
+                    Err(Errno::EINTR) => {}
+                    Err(e) => fail(st, STEP_FILES, e),
                 }
-                off += n as usize;
             }
-            libc::close(fd);
+            let _ = syscall!(Sysno::close, fd);
         }
-        check!(libc::chdir(c"/work".as_ptr()), 13);
+        sys!(13; chdir, c"/work".as_ptr());
         // Best effort: the uts namespace is ours.
-        libc::sethostname(p.hostname.as_ptr(), p.hostname.as_bytes().len());
+        let _ = syscall!(
+            Sysno::sethostname,
+            p.hostname.as_ptr(),
+            p.hostname.as_bytes().len()
+        );
 
-        // Limits.
+        // Limits: the rlimits, plus the fallbacks for what no cgroup took.
         let setrl = |res: u32, soft: u64, hard: u64| {
             let rl = libc::rlimit {
                 rlim_cur: soft,
                 rlim_max: hard,
             };
-            libc::setrlimit(res as _, &rl)
+            if let Err(e) = syscall!(Sysno::prlimit64, 0, res, &rl as *const libc::rlimit, null) {
+                fail(st, 14, e);
+            }
         };
         for &(res, soft, hard) in &p.rlimits {
-            check!(setrl(res, soft, hard), 14);
+            setrl(res, soft, hard);
         }
-        if rel[0] & REL_MEMORY_CG == 0 {
-            check!(setrl(libc::RLIMIT_AS, p.rlimit_as, p.rlimit_as), 14);
+        if have & cgroup::MEMORY == 0 {
+            setrl(libc::RLIMIT_AS, p.rlimit_as, p.rlimit_as);
         }
-        if rel[0] & REL_PIDS_CG == 0 {
-            check!(
-                setrl(libc::RLIMIT_NPROC, p.rlimit_nproc, p.rlimit_nproc),
-                14
-            );
+        if have & cgroup::PIDS == 0 {
+            setrl(libc::RLIMIT_NPROC, p.rlimit_nproc, p.rlimit_nproc);
         }
 
         // Capabilities: uid 0 gets nothing at exec, bounding/ambient empty,
         // then all sets cleared.
         const SECBITS: c_ulong = 0b1111 | (1 << 5) | (1 << 6) | (1 << 7);
-        check!(libc::prctl(libc::PR_SET_SECUREBITS, SECBITS, 0, 0, 0), 15);
+        sys!(15; prctl, libc::PR_SET_SECUREBITS, SECBITS, 0, 0, 0);
         for cap in 0..=f.last_cap {
-            if libc::prctl(libc::PR_CAPBSET_DROP, cap as c_ulong, 0, 0, 0) < 0
-                && errno() != libc::EINVAL
-            {
-                fail(st, 16);
+            match syscall!(Sysno::prctl, libc::PR_CAPBSET_DROP, cap, 0, 0, 0) {
+                Ok(_) | Err(Errno::EINVAL) => {}
+                Err(e) => fail(st, 16, e),
             }
         }
-        check!(
-            libc::prctl(
-                libc::PR_CAP_AMBIENT,
-                libc::PR_CAP_AMBIENT_CLEAR_ALL as c_ulong,
-                0,
-                0,
-                0
-            ),
-            17
-        );
+        sys!(17; prctl, libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
         #[repr(C)]
         struct CapHeader {
             version: u32,
@@ -670,16 +635,17 @@ unsafe fn child_main(p: &Plan) -> ! {
                 inheritable: 0,
             },
         ];
-        check!(
-            libc::syscall(libc::SYS_capset, &hdr as *const CapHeader, data.as_ptr()) as c_int,
-            18
-        );
-        check!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 19);
-        // The reaper's memory is a copy of the worker's (environment,
-        // secrets): not dumpable = /proc/1/{environ,mem,...} and ptrace need
-        // CAP_SYS_PTRACE, which nobody in here has. execve of the user
-        // program resets this for the user process only.
-        check!(libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0), 19);
+        sys!(18; capset, &hdr as *const CapHeader, data.as_ptr());
+        sys!(19; prctl, libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+        if !p.shared_vm {
+            // Our own copy of the worker's memory (environment, secrets):
+            // not dumpable = /proc/1/{environ,mem,...} and ptrace need
+            // CAP_SYS_PTRACE, which nobody in here has. execve resets this
+            // for the user process only. (With CLONE_VM the flag would be
+            // the worker's; the user process's nested landlock domain does
+            // this job instead, see user_main.)
+            sys!(19; prctl, libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+        }
 
         // Landlock (best effort when the kernel has none: abi == 0).
         if f.landlock_abi > 0 {
@@ -690,139 +656,161 @@ unsafe fn child_main(p: &Plan) -> ! {
                 handled_access_net: filter::ll_handled_net(abi),
                 scoped: filter::ll_scoped(abi),
             };
-            let rs = libc::syscall(
-                libc::SYS_landlock_create_ruleset,
-                &attr as *const LlRulesetAttr,
-                std::mem::size_of::<LlRulesetAttr>(),
-                0u32,
-            ) as c_int;
-            check!(rs, 20);
+            let rs = sys!(20; landlock_create_ruleset, &attr as *const LlRulesetAttr,
+                std::mem::size_of::<LlRulesetAttr>(), 0);
             for (path, access) in &f.ll_rules {
-                let fd = libc::open(path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC);
-                check!(fd, 20);
+                let fd =
+                    sys!(20; openat, libc::AT_FDCWD, path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC);
                 let pb = LlPathBeneath {
                     allowed_access: access & handled,
-                    parent_fd: fd,
+                    parent_fd: fd as c_int,
                 };
-                check!(
-                    libc::syscall(
-                        libc::SYS_landlock_add_rule,
-                        rs,
-                        filter::LL_RULE_PATH_BENEATH,
-                        &pb as *const LlPathBeneath,
-                        0u32
-                    ) as c_int,
-                    20
-                );
-                libc::close(fd);
+                sys!(20; landlock_add_rule, rs, filter::LL_RULE_PATH_BENEATH,
+                    &pb as *const LlPathBeneath, 0);
+                let _ = syscall!(Sysno::close, fd);
             }
-            check!(
-                libc::syscall(libc::SYS_landlock_restrict_self, rs, 0u32) as c_int,
-                20
-            );
-            libc::close(rs);
+            sys!(20; landlock_restrict_self, rs, 0);
+            let _ = syscall!(Sysno::close, rs);
         }
 
         // seccomp last.
-        {
-            let prog = &f.seccomp;
-            let fprog = libc::sock_fprog {
-                len: prog.len() as u16,
-                filter: prog.as_ptr() as *mut libc::sock_filter,
-            };
-            check!(
-                libc::prctl(
-                    libc::PR_SET_SECCOMP,
-                    libc::SECCOMP_MODE_FILTER as c_ulong,
-                    &fprog as *const libc::sock_fprog as c_ulong,
-                    0,
-                    0
-                ),
-                21
-            );
-        }
+        let fprog = libc::sock_fprog {
+            len: f.seccomp.len() as u16,
+            filter: f.seccomp.as_ptr() as *mut libc::sock_filter,
+        };
+        sys!(21; prctl, libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER,
+            &fprog as *const libc::sock_fprog, 0, 0);
 
         // Descriptors: stdin/stdout/stderr onto 0..2, status pipe on 3
         // (close-on-exec), everything else closed. Go through fds >= 10 so
-        // the dup2s cannot clobber each other.
-        let hi = |fd: c_int| libc::fcntl(fd, libc::F_DUPFD, 10);
+        // the dups cannot clobber each other.
+        let hi = |fd: c_int| match syscall!(Sysno::fcntl, fd, libc::F_DUPFD, 10) {
+            Ok(n) => n,
+            Err(e) => fail(st, 22, e),
+        };
         let (a, b, cc, s) = (hi(p.stdin_fd), hi(p.out_w), hi(p.err_w), hi(st));
-        if a < 0 || b < 0 || cc < 0 || s < 0 {
-            fail(st, 22);
-        }
-        if libc::dup2(a, 0) < 0
-            || libc::dup2(b, 1) < 0
-            || libc::dup2(cc, 2) < 0
-            || libc::dup2(s, 3) < 0
-        {
-            fail(s, 22);
-        }
-        check!(libc::fcntl(3, libc::F_SETFD, libc::FD_CLOEXEC), 22);
-        if libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32) < 0 {
-            fail(3, 22);
+        for (from, to) in [(a, 0), (b, 1), (cc, 2), (s, 3)] {
+            if let Err(e) = syscall!(Sysno::dup3, from, to, 0) {
+                fail(s as c_int, 22, e);
+            }
         }
         let st = 3;
+        sys!(22; fcntl, 3, libc::F_SETFD, libc::FD_CLOEXEC);
+        sys!(22; close_range, 4u32, u32::MAX, 0u32);
 
-        // vfork-style: the user process borrows the reaper's memory (no
-        // second page-table copy of the worker) until it execs; the reaper
-        // is single-threaded and suspended meanwhile.
-        let stack = p.user_stack.as_ptr().add(p.user_stack.len()) as usize & !15;
-        let pid = libc::clone(
+        // vfork-style: the user process borrows this memory (no page-table
+        // copy) until it execs; we are suspended meanwhile.
+        let pid = sys::clone_on(
+            (libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD) as c_ulong,
+            p.user_stack_top,
+            std::ptr::null_mut(),
             user_main,
-            stack as *mut c_void,
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
             p as *const Plan as *mut c_void,
         );
         if pid < 0 {
-            fail(st, 23);
+            fail(st, 23, Errno::new(-pid as i32));
         }
         // The reaper: keep nothing of the task's stdio.
-        libc::close(0);
-        libc::close(1);
-        libc::close(2);
+        for fd in 0..3 {
+            let _ = syscall!(Sysno::close, fd);
+        }
         loop {
             let mut status: c_int = 0;
-            let r = libc::waitpid(-1, &mut status, 0);
-            if r == pid as c_int {
-                let msg = [TAG_EXIT, status, 0];
-                libc::write(st, msg.as_ptr() as *const c_void, 12);
-                libc::_exit(0);
-            }
-            if r < 0 && errno() != libc::EINTR {
-                libc::_exit(122);
+            match syscall!(Sysno::wait4, -1i32, &mut status as *mut c_int, 0, null) {
+                Ok(r) if r as isize == pid => {
+                    send(st, [TAG_EXIT, status, 0]);
+                    exit(0);
+                }
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(_) => exit(122),
             }
         }
     }
 }
 
 /// The user process, on its own stack, sharing the reaper's memory until
-/// `execve`. Never returns.
+/// `execve`. Never returns. Raw syscalls only, as in [`child_main`].
 extern "C" fn user_main(arg: *mut c_void) -> c_int {
     // SAFETY: `arg` is the reaper's `&Plan`, alive and unchanged (the reaper
-    // is suspended by CLONE_VFORK); only async-signal-safe calls follow.
+    // is suspended by CLONE_VFORK); only raw syscalls on it and our stack.
     unsafe {
         let p = &*(arg as *const Plan);
         let st = 3;
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        // Default dispositions first (the worker's handlers must never run
+        // here, and an inherited SIG_IGN would survive exec), then unblock.
+        #[repr(C)]
+        struct KSigaction {
+            handler: usize,
+            flags: u64,
+            restorer: usize,
+            mask: u64,
+        }
+        let dfl = KSigaction {
+            handler: 0,
+            flags: 0,
+            restorer: 0,
+            mask: 0,
+        };
         for sig in 1..=64 {
             if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::signal(sig, libc::SIG_DFL);
+                let _ = syscall!(
+                    Sysno::rt_sigaction,
+                    sig,
+                    &dfl as *const KSigaction,
+                    0usize,
+                    8
+                );
             }
         }
-        libc::setsid();
+        if p.shared_vm {
+            // A landlock domain nested in the reaper's: landlock lets a
+            // process ptrace (or read /proc/PID/mem of) only processes in
+            // its own domain or below, so the task cannot reach the reaper,
+            // whose memory is the worker's. The layer restricts nothing
+            // else that is not already denied (making block devices).
+            let attr = LlRulesetAttr {
+                handled_access_fs: filter::FS_MAKE_BLOCK,
+                handled_access_net: 0,
+                scoped: 0,
+            };
+            let ok = match syscall!(
+                Sysno::landlock_create_ruleset,
+                &attr as *const LlRulesetAttr,
+                std::mem::size_of::<LlRulesetAttr>(),
+                0
+            ) {
+                Ok(rs) => syscall!(Sysno::landlock_restrict_self, rs, 0).map(|_| ()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = ok {
+                send(st, [TAG_SETUP, STEP_NEST, e.into_raw()]);
+                exit(121);
+            }
+        }
+        let empty = 0u64;
+        let _ = syscall!(
+            Sysno::rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &empty as *const u64,
+            0usize,
+            8
+        );
+        let _ = syscall!(Sysno::setsid);
         let mut err = libc::ENOENT;
         for path in &p.exec_paths {
-            libc::execve(path.as_ptr(), p.argv_ptrs.as_ptr(), p.envp_ptrs.as_ptr());
-            let e = errno();
-            if e != libc::ENOENT && e != libc::ENOTDIR {
-                err = e;
+            if let Err(e) = syscall!(
+                Sysno::execve,
+                path.as_ptr(),
+                p.argv_ptrs.as_ptr(),
+                p.envp_ptrs.as_ptr()
+            ) {
+                if e != Errno::ENOENT && e != Errno::ENOTDIR {
+                    err = e.into_raw();
+                }
             }
         }
-        let msg = [TAG_EXEC, err, 0];
-        libc::write(st, msg.as_ptr() as *const c_void, 12);
-        libc::_exit(127)
+        send(st, [TAG_EXEC, err, 0]);
+        exit(127)
     }
 }
 
@@ -1007,7 +995,9 @@ fn plan<'a>(
             argv_ptrs,
             envp_ptrs,
             hostname: c"sandbox".to_owned(),
-            user_stack: vec![0u8; 64 << 10],
+            user_stack_top: std::ptr::null_mut(),
+            shared_vm: false,
+            cg_join: Vec::new(),
             stdin_fd: -1,
             out_w: -1,
             err_w: -1,
@@ -1055,6 +1045,16 @@ pub fn run(sb: &Sandbox, req: &Request) -> Verdict {
     plan.sync_r = sync_r.0;
 
     let mut cg = TaskCgroups::create(&sb.cgroups, eff.memory_bytes, eff.pids);
+    plan.cg_join = cg.join_fds();
+    let stack = match sb.fixed.stacks.take() {
+        Ok(s) => s,
+        Err(e) => {
+            cg.remove(&sb.cgroups);
+            return internal(format!("cannot map the sandbox stacks: {e}"), limits);
+        }
+    };
+    plan.user_stack_top = stack.user_top();
+    plan.shared_vm = sb.fixed.share_vm;
 
     let start = Instant::now();
     let mut pidfd: c_int = -1;
@@ -1065,6 +1065,9 @@ pub fn run(sb: &Sandbox, req: &Request) -> Verdict {
         | libc::CLONE_NEWUTS
         | libc::CLONE_PIDFD) as c_ulong
         | libc::SIGCHLD as c_ulong;
+    if plan.shared_vm {
+        flags |= libc::CLONE_VM as c_ulong;
+    }
     // A shared empty netns must be joined before the user namespace is
     // created (setns from inside the new userns is EPERM): this thread
     // joins it for the clone and returns to the process's netns at once.
@@ -1080,23 +1083,32 @@ pub fn run(sb: &Sandbox, req: &Request) -> Verdict {
         }
         None => flags |= libc::CLONE_NEWNET as c_ulong,
     }
-    // SAFETY: raw clone without a new stack behaves like fork: the child
-    // runs on a copy of this stack and only executes `child_main`, which
-    // never returns and uses only async-signal-safe calls on `plan`.
+    // The child starts with every signal blocked (and the reaper keeps them
+    // blocked): no handler of the worker's may run in it.
+    // SAFETY: sigset_t is plain data, filled by sigfillset.
+    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: sigfillset/pthread_sigmask on valid sigsets; the old mask is
+    // restored right after the clone.
+    unsafe {
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+    }
+    // SAFETY: the child runs `reaper_main(&plan)` on `stack`, which stays
+    // mapped and reserved for it until it is reaped below (the guard reaps
+    // it on every other way out); `child_main` makes raw syscalls only.
     let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
+        sys::clone_on(
             flags,
-            0usize,
-            &mut pidfd as *mut c_int,
-            0usize,
-            0usize,
+            stack.reaper_top(),
+            &mut pidfd,
+            reaper_main,
+            &plan as *const Plan as *mut c_void,
         )
     };
-    if pid == 0 {
-        // SAFETY: we are the new child; see child_main's contract.
-        unsafe { child_main(&plan) }
-    }
+    // SAFETY: restores this thread's own mask.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
     if let Some((_, own)) = &sb.fixed.shared_net {
         // SAFETY: back to the process's own netns (fd we own).
         if unsafe { libc::setns(own.as_raw_fd(), libc::CLONE_NEWNET) } < 0 {
@@ -1110,12 +1122,19 @@ pub fn run(sb: &Sandbox, req: &Request) -> Verdict {
         }
     }
     if pid < 0 {
-        let e = std::io::Error::last_os_error();
+        let e = std::io::Error::from_raw_os_error(-pid as i32);
         cg.remove(&sb.cgroups);
+        sb.fixed.stacks.put(stack);
         return internal(format!("clone failed: {e}"), limits);
     }
     let pid = pid as i32;
-    let pidfd = Fd(pidfd);
+    // From here on the child runs on `stack` and reads `plan`: the guard
+    // (dropped before both) kills and reaps it on any way out.
+    let mut child = Child {
+        pidfd: Fd(pidfd),
+        pid,
+        reaped: false,
+    };
     drop((out_w, err_w, status_w, sync_r, stdin));
     // Non-blocking reads: a sibling sandbox cloned concurrently may hold a
     // copy of our write ends until its own close_range, so EOF is not
@@ -1145,45 +1164,23 @@ pub fn run(sb: &Sandbox, req: &Request) -> Verdict {
             format!("0 {} 1\n", sb.fixed.host_gid),
         )
         .map_err(|e| format!("gid_map: {e}"))?;
-        cg.attach(pid);
-        let mut rel = 0u8;
-        if cg.memory_mech() != Mechanism::None {
-            rel |= REL_MEMORY_CG;
-        }
-        if cg.pids_mech() != Mechanism::None {
-            rel |= REL_PIDS_CG;
-        }
-        Ok(rel)
+        Ok(cg.attach_v2(pid))
     })();
     let rel = match setup {
         Ok(r) => r,
         Err(e) => {
-            kill_and_reap(&pidfd, pid);
+            child.kill_and_reap();
             cg.remove(&sb.cgroups);
             return internal(format!("sandbox set-up: {e}"), limits);
         }
     };
     // SAFETY: one byte from a stack variable into our pipe.
     if unsafe { libc::write(sync_w.0, &rel as *const u8 as *const c_void, 1) } != 1 {
-        kill_and_reap(&pidfd, pid);
+        child.kill_and_reap();
         cg.remove(&sb.cgroups);
         return internal("cannot release the sandbox child".into(), limits);
     }
     drop(sync_w);
-    limits.memory_bytes.mechanism = match cg.memory_mech() {
-        Mechanism::None => Mechanism::Rlimit,
-        m => m,
-    };
-    limits.pids.mechanism = match cg.pids_mech() {
-        Mechanism::None => Mechanism::Rlimit,
-        m => m,
-    };
-    limits.cpu_ms.mechanism = match cg.cpu_mech() {
-        Mechanism::None => Mechanism::Rlimit,
-        m => m,
-    };
-    limits.file_size_bytes.mechanism = Mechanism::Rlimit;
-    limits.tmpfs_bytes.mechanism = Mechanism::Tmpfs;
 
     // Supervise.
     let cap = eff.output_bytes as usize;
@@ -1198,7 +1195,7 @@ pub fn run(sb: &Sandbox, req: &Request) -> Verdict {
         let now = Instant::now();
         if killed.is_none() && now >= deadline {
             killed = Some(Kill::Wall);
-            send_kill(&pidfd);
+            send_kill(&child.pidfd);
         }
         let mut timeout = if killed.is_some() {
             100
@@ -1214,7 +1211,7 @@ pub fn run(sb: &Sandbox, req: &Request) -> Verdict {
         }
         let mut pfds = [
             libc::pollfd {
-                fd: pidfd.0,
+                fd: child.pidfd.0,
                 events: libc::POLLIN,
                 revents: 0,
             },
@@ -1232,7 +1229,7 @@ pub fn run(sb: &Sandbox, req: &Request) -> Verdict {
         // SAFETY: poll on a stack array of three pollfds.
         let n = unsafe { libc::poll(pfds.as_mut_ptr(), 3, timeout) };
         if n < 0 && errno() != libc::EINTR {
-            send_kill(&pidfd);
+            send_kill(&child.pidfd);
             killed.get_or_insert(Kill::Wall);
         }
         if pfds[1].revents != 0 {
@@ -1243,13 +1240,13 @@ pub fn run(sb: &Sandbox, req: &Request) -> Verdict {
         }
         if killed.is_none() && (out.over || err.over) {
             killed = Some(Kill::Output);
-            send_kill(&pidfd);
+            send_kill(&child.pidfd);
         }
         if poll_cpu && killed.is_none() {
             if let Some(ns) = cg.cpu_ns() {
                 if ns > cpu_limit_ns {
                     killed = Some(Kill::Cpu);
-                    send_kill(&pidfd);
+                    send_kill(&child.pidfd);
                 }
             }
         }
@@ -1263,6 +1260,8 @@ pub fn run(sb: &Sandbox, req: &Request) -> Verdict {
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: wait4 on our own child with valid out-pointers.
     unsafe { libc::wait4(pid, &mut status, libc::__WALL, &mut ru) };
+    child.reaped = true;
+    sb.fixed.stacks.put(stack);
     let wall_ms = start.elapsed().as_secs_f64() * 1000.0;
     // Remaining output: every writer of the task is dead, so what is in
     // the pipes is all there is (read until EOF or EAGAIN).
@@ -1275,6 +1274,20 @@ pub fn run(sb: &Sandbox, req: &Request) -> Verdict {
         .chunks(3)
         .map(|m| [m[0], m[1], m[2]])
         .collect();
+    if let Some(m) = msgs.iter().find(|m| m[0] == TAG_CG_LOST) {
+        cg.forget(m[1] as u8);
+    }
+    // What enforced each limit: the cgroups the task really joined, else
+    // the rlimit the child set in their place.
+    let or_rlimit = |m: Mechanism| match m {
+        Mechanism::None => Mechanism::Rlimit,
+        m => m,
+    };
+    limits.memory_bytes.mechanism = or_rlimit(cg.memory_mech());
+    limits.pids.mechanism = or_rlimit(cg.pids_mech());
+    limits.cpu_ms.mechanism = or_rlimit(cg.cpu_mech());
+    limits.file_size_bytes.mechanism = Mechanism::Rlimit;
+    limits.tmpfs_bytes.mechanism = Mechanism::Tmpfs;
 
     let tv = |t: libc::timeval| t.tv_sec as f64 * 1000.0 + t.tv_usec as f64 / 1000.0;
     let cpu_ms = cg
@@ -1407,11 +1420,31 @@ fn send_kill(pidfd: &Fd) {
     };
 }
 
-fn kill_and_reap(pidfd: &Fd, pid: i32) {
-    send_kill(pidfd);
-    let mut st = 0;
-    // SAFETY: reap our own child.
-    unsafe { libc::waitpid(pid, &mut st, libc::__WALL) };
+/// The reaper, from its clone until it is reaped. It runs on a stack and
+/// reads a plan that the parent owns, so it must be gone before they are:
+/// dropping this kills and reaps it unless that already happened.
+struct Child {
+    pidfd: Fd,
+    pid: i32,
+    reaped: bool,
+}
+
+impl Child {
+    fn kill_and_reap(&mut self) {
+        send_kill(&self.pidfd);
+        let mut st = 0;
+        // SAFETY: reap our own child.
+        unsafe { libc::waitpid(self.pid, &mut st, libc::__WALL) };
+        self.reaped = true;
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if !self.reaped {
+            self.kill_and_reap();
+        }
+    }
 }
 
 /// A pipe read with a byte cap; data beyond the cap is read and dropped.
