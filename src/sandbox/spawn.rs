@@ -2,20 +2,24 @@
 //!
 //! Everything the child needs is built before `clone` ([`Fixed`] once per
 //! [`Sandbox`], [`Plan`] per run). Between `clone` and `execve` the child
-//! only calls async-signal-safe libc functions (plain syscalls) on that
-//! data: the worker is multi-threaded, so another thread may hold the
-//! allocator's lock at the moment of the clone.
+//! only makes raw syscalls on that data: the worker is multi-threaded (a
+//! thread may hold the allocator's lock at the moment of the clone) and on
+//! x86_64 the reaper shares its memory (see [`super::sys`]).
 //!
 //! Order (parent | child):
-//! 1. parent: cgroups created, pipes/memfd made, `clone(NEWUSER|NEWPID|
-//!    NEWNS|NEWNET|NEWIPC|NEWUTS|PIDFD)`.
-//! 2. parent: uid/gid maps, cgroup attach, release byte (carries which
-//!    limits the cgroups took, so the child sets the rlimit fallbacks).
-//! 3. child (PID 1 of the pid ns = the reaper): unshare cgroupns, ids,
-//!    private mounts, tmpfs root + ro binds + /dev + /proc, pivot_root,
-//!    root read-only, work files, rlimits, securebits + bounding set +
+//! 1. parent: cgroups created (v1 `tasks` files opened), pipes/memfd made,
+//!    signals blocked, `clone(NEWUSER|NEWPID|NEWNS|NEWNET|NEWIPC|NEWUTS|
+//!    PIDFD[|VM])` onto a pooled stack.
+//! 2. parent: uid/gid maps, v2 cgroup attach, release byte (carries which
+//!    limits the v2 cgroups took).
+//! 3. child (PID 1 of the pid ns = the reaper): joins the v1 cgroups,
+//!    unshare cgroupns, ids, private mounts, tmpfs root + ro binds + /dev +
+//!    /proc, pivot_root, root read-only, work files, rlimits (+ fallbacks
+//!    for the limits no cgroup took), securebits + bounding set +
 //!    capabilities dropped, no_new_privs, landlock, seccomp (last), fds.
-//! 4. reaper forks the user process: default signals, setsid, execve.
+//! 4. reaper starts the user process (vfork-style): default signal
+//!    dispositions, nested landlock domain, signals unblocked, setsid,
+//!    execve.
 //! 5. reaper reaps everything, reports the user process's wait status on
 //!    the status pipe and exits; the kernel kills whatever is left in the
 //!    pid namespace. The parent polls output, pidfd and the clock.
