@@ -24,6 +24,7 @@
 use super::Mechanism;
 use std::fs;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -210,6 +211,73 @@ pub struct TaskCgroups {
     oom_base: u64,
     /// Open `tasks` files of the v1 cgroups (kept while pooled).
     join: Vec<(PathBuf, OwnedFd)>,
+    files: Files,
+}
+
+/// Open control files of a task's cgroups, kept with them (a pooled set
+/// serves many tasks): opening a cgroupfs file costs a path walk, a kernfs
+/// open and a deferred close, a dozen times per task otherwise.
+#[derive(Debug, Default)]
+struct Files(Vec<(PathBuf, fs::File)>);
+
+impl Files {
+    fn get(&mut self, dir: &Path, name: &str) -> Option<&fs::File> {
+        let p = dir.join(name);
+        let i = match self.0.iter().position(|(q, _)| *q == p) {
+            Some(i) => i,
+            None => {
+                let f = fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&p)
+                    .or_else(|_| fs::File::open(&p))
+                    .ok()?;
+                self.0.push((p, f));
+                self.0.len() - 1
+            }
+        };
+        Some(&self.0[i].1)
+    }
+
+    /// The whole file (cgroupfs regenerates it on a read from offset 0).
+    fn read(&mut self, dir: &Path, name: &str) -> Option<String> {
+        let f = self.get(dir, name)?;
+        let mut buf = vec![0u8; 256];
+        let mut n = 0;
+        loop {
+            let r = f.read_at(&mut buf[n..], n as u64).ok()?;
+            if r == 0 {
+                break;
+            }
+            n += r;
+            if n == buf.len() {
+                buf.resize(2 * n, 0);
+            }
+        }
+        buf.truncate(n);
+        String::from_utf8(buf).ok()
+    }
+
+    fn write(&mut self, dir: &Path, name: &str, v: &str) -> bool {
+        self.get(dir, name)
+            .is_some_and(|f| f.write_at(v.as_bytes(), 0).is_ok_and(|n| n == v.len()))
+    }
+
+    fn u64(&mut self, dir: &Path, name: &str) -> Option<u64> {
+        self.read(dir, name)?.trim().parse().ok()
+    }
+
+    /// The value of `key` in a "key value" per line file.
+    fn keyed(&mut self, dir: &Path, name: &str, key: &str) -> Option<u64> {
+        self.read(dir, name)?.lines().find_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            (k == key).then(|| v.trim().parse().ok()).flatten()
+        })
+    }
+
+    fn drop_dir(&mut self, dir: &Path) {
+        self.0.retain(|(q, _)| !q.starts_with(dir));
+    }
 }
 
 /// Limit bits: which limits a cgroup directory carries.
@@ -235,7 +303,7 @@ impl TaskCgroups {
         loop {
             let idle = {
                 let mut pool = b.pool.lock().unwrap_or_else(|e| e.into_inner());
-                let i = pool.iter().position(TaskCgroups::is_empty);
+                let i = pool.iter_mut().position(TaskCgroups::is_empty);
                 i.map(|i| pool.swap_remove(i))
             };
             let Some(mut t) = idle else { break };
@@ -249,29 +317,35 @@ impl TaskCgroups {
 
     /// No process in any of the cgroups (every task of the previous user has
     /// been released by the kernel).
-    fn is_empty(&self) -> bool {
-        self.dirs().iter().all(|p| {
-            fs::read(p.join("cgroup.procs")).is_ok_and(|s| s.iter().all(u8::is_ascii_whitespace))
+    fn is_empty(&mut self) -> bool {
+        let dirs: Vec<PathBuf> = self.dirs().into_iter().cloned().collect();
+        dirs.iter().all(|p| {
+            self.files
+                .read(p, "cgroup.procs")
+                .is_some_and(|s| s.trim().is_empty())
         })
     }
 
     /// Make an idle pooled set ready for a task: limits, counters reset.
     /// False when it cannot be reused (the caller destroys it).
     fn reuse(&mut self, memory: u64, pids: u64) -> bool {
-        let w = |p: &Path, f: &str, v: &str| fs::write(p.join(f), v).is_ok();
+        let files = &mut self.files;
         if let Some((_, p)) = &self.memory {
-            if read_u64(&p.join("memory.usage_in_bytes")).is_none_or(|u| u > POOL_MAX_LEFTOVER) {
+            if files
+                .u64(p, "memory.usage_in_bytes")
+                .is_none_or(|u| u > POOL_MAX_LEFTOVER)
+            {
                 return false;
             }
             if self.limits.0 != memory {
                 let m = memory.to_string();
                 // Order matters: memsw must stay >= the memory limit.
                 let ok = if memory > self.limits.0 {
-                    let _ = w(p, "memory.memsw.limit_in_bytes", &m);
-                    w(p, "memory.limit_in_bytes", &m)
+                    let _ = files.write(p, "memory.memsw.limit_in_bytes", &m);
+                    files.write(p, "memory.limit_in_bytes", &m)
                 } else {
-                    let ok = w(p, "memory.limit_in_bytes", &m);
-                    let _ = w(p, "memory.memsw.limit_in_bytes", &m);
+                    let ok = files.write(p, "memory.limit_in_bytes", &m);
+                    let _ = files.write(p, "memory.memsw.limit_in_bytes", &m);
                     ok
                 };
                 if !ok {
@@ -279,22 +353,24 @@ impl TaskCgroups {
                 }
                 self.limits.0 = memory;
             }
-            if !w(p, "memory.max_usage_in_bytes", "0") {
+            if !files.write(p, "memory.max_usage_in_bytes", "0") {
                 return false;
             }
-            let _ = w(p, "memory.memsw.max_usage_in_bytes", "0");
-            self.oom_base = keyed(&p.join("memory.oom_control"), "oom_kill").unwrap_or(0);
+            let _ = files.write(p, "memory.memsw.max_usage_in_bytes", "0");
+            self.oom_base = files
+                .keyed(p, "memory.oom_control", "oom_kill")
+                .unwrap_or(0);
         }
         if let Some((_, p)) = &self.pids {
             if self.limits.1 != pids {
-                if !w(p, "pids.max", &pids.to_string()) {
+                if !files.write(p, "pids.max", &pids.to_string()) {
                     return false;
                 }
                 self.limits.1 = pids;
             }
         }
         if let Some((_, p)) = &self.cpu {
-            if !w(p, "cpuacct.usage", "0") {
+            if !files.write(p, "cpuacct.usage", "0") {
                 return false;
             }
         }
@@ -314,6 +390,7 @@ impl TaskCgroups {
             limits: (memory, pids),
             oom_base: 0,
             join: Vec::new(),
+            files: Files::default(),
         };
         // v2 controllers share one directory.
         t.pids = match (&b.pids, &t.memory) {
@@ -331,16 +408,18 @@ impl TaskCgroups {
             _ => create(&b.cpu, &name),
         };
 
+        let m = memory.to_string();
         if let Some((v, p)) = &t.memory {
+            let f = &mut t.files;
             let ok = match v {
                 Ver::V2 => {
-                    let _ = fs::write(p.join("memory.swap.max"), "0");
-                    fs::write(p.join("memory.max"), memory.to_string()).is_ok()
+                    let _ = f.write(p, "memory.swap.max", "0");
+                    f.write(p, "memory.max", &m)
                 }
                 Ver::V1 => {
-                    let ok = fs::write(p.join("memory.limit_in_bytes"), memory.to_string()).is_ok();
+                    let ok = f.write(p, "memory.limit_in_bytes", &m);
                     // Swap must not extend the limit (absent without swap accounting).
-                    let _ = fs::write(p.join("memory.memsw.limit_in_bytes"), memory.to_string());
+                    let _ = f.write(p, "memory.memsw.limit_in_bytes", &m);
                     ok
                 }
             };
@@ -349,7 +428,7 @@ impl TaskCgroups {
             }
         }
         if let Some((_, p)) = &t.pids {
-            if fs::write(p.join("pids.max"), pids.to_string()).is_err() {
+            if !t.files.write(p, "pids.max", &pids.to_string()) {
                 t.forget(PIDS);
             }
         }
@@ -461,6 +540,7 @@ impl TaskCgroups {
         for p in gone {
             if !self.in_use(&p) {
                 self.join.retain(|(q, _)| *q != p);
+                self.files.drop_dir(&p);
                 let _ = fs::remove_dir(&p);
             }
         }
@@ -477,30 +557,34 @@ impl TaskCgroups {
     }
 
     /// Total CPU time of the task tree in nanoseconds.
-    pub fn cpu_ns(&self) -> Option<u64> {
+    pub fn cpu_ns(&mut self) -> Option<u64> {
         let (v, p) = self.cpu.as_ref()?;
         match v {
-            Ver::V1 => read_u64(&p.join("cpuacct.usage")),
-            Ver::V2 => keyed(&p.join("cpu.stat"), "usage_usec").map(|u| u * 1000),
+            Ver::V1 => self.files.u64(p, "cpuacct.usage"),
+            Ver::V2 => self
+                .files
+                .keyed(p, "cpu.stat", "usage_usec")
+                .map(|u| u * 1000),
         }
     }
 
-    pub fn peak_memory(&self) -> Option<u64> {
+    pub fn peak_memory(&mut self) -> Option<u64> {
         let (v, p) = self.memory.as_ref()?;
         match v {
-            Ver::V1 => read_u64(&p.join("memory.max_usage_in_bytes")),
-            Ver::V2 => read_u64(&p.join("memory.peak")),
+            Ver::V1 => self.files.u64(p, "memory.max_usage_in_bytes"),
+            Ver::V2 => self.files.u64(p, "memory.peak"),
         }
     }
 
-    pub fn oom_kills(&self) -> u64 {
+    pub fn oom_kills(&mut self) -> u64 {
         let Some((v, p)) = self.memory.as_ref() else {
             return 0;
         };
         let n = match v {
-            Ver::V1 => keyed(&p.join("memory.oom_control"), "oom_kill").unwrap_or(0),
-            Ver::V2 => keyed(&p.join("memory.events"), "oom_kill").unwrap_or(0),
-        };
+            Ver::V1 => self.files.keyed(p, "memory.oom_control", "oom_kill"),
+            Ver::V2 => self.files.keyed(p, "memory.events", "oom_kill"),
+        }
+        .unwrap_or(0);
         n.saturating_sub(self.oom_base)
     }
 
@@ -531,6 +615,7 @@ impl TaskCgroups {
     /// sleeping here.
     fn destroy(mut self) {
         self.join.clear();
+        self.files.0.clear();
         let mut busy = Vec::new();
         for p in self.dirs() {
             if let Err(e) = fs::remove_dir(p) {
@@ -545,16 +630,4 @@ impl TaskCgroups {
         );
         pending.extend(busy);
     }
-}
-
-fn read_u64(p: &Path) -> Option<u64> {
-    fs::read_to_string(p).ok()?.trim().parse().ok()
-}
-
-fn keyed(p: &Path, key: &str) -> Option<u64> {
-    let text = fs::read_to_string(p).ok()?;
-    text.lines().find_map(|l| {
-        let (k, v) = l.split_once(' ')?;
-        (k == key).then(|| v.trim().parse().ok()).flatten()
-    })
 }
