@@ -125,7 +125,28 @@ fn fork_bomb_is_capped_by_pids_limit() {
 
 #[test]
 fn memory_bomb_is_contained() {
+    memory_bomb_in(&sandbox(|c| c.memory_bytes = 96 << 20));
+}
+
+/// On x86_64 the reaper shares the worker's memory. Were it left to the
+/// kernel's OOM killer, that would rate the reaper by the worker's size,
+/// pick it, and kill every process sharing its memory: the worker. Here the
+/// worker (this test process) holds 256 MiB, far more than the task may
+/// use; it must outlive the task's OOM (else this test binary dies).
+#[test]
+fn a_task_at_its_memory_limit_never_takes_the_worker_down() {
+    let ballast = vec![1u8; 256 << 20];
     let sb = sandbox(|c| c.memory_bytes = 96 << 20);
+    for _ in 0..3 {
+        memory_bomb_in(&sb);
+    }
+    assert!(std::hint::black_box(&ballast)
+        .iter()
+        .step_by(4096)
+        .all(|&b| b == 1));
+}
+
+fn memory_bomb_in(sb: &Sandbox) {
     let v = sb.run(&Request::new([
         "/usr/bin/python3",
         "-c",

@@ -23,7 +23,8 @@
 
 use super::Mechanism;
 use std::fs;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -212,6 +213,9 @@ pub struct TaskCgroups {
     /// Open `tasks` files of the v1 cgroups (kept while pooled).
     join: Vec<(PathBuf, OwnedFd)>,
     files: Files,
+    /// v1 memory cgroup with the OOM killer disabled: this eventfd fires
+    /// when the task hits the limit, and the supervisor kills the task.
+    oom_event: Option<fs::File>,
 }
 
 /// Open control files of a task's cgroups, kept with them (a pooled set
@@ -357,9 +361,18 @@ impl TaskCgroups {
                 return false;
             }
             let _ = files.write(p, "memory.memsw.max_usage_in_bytes", "0");
+            if self.oom_event.is_some()
+                && files.keyed(p, "memory.oom_control", "under_oom") != Some(0)
+            {
+                return false;
+            }
             self.oom_base = files
                 .keyed(p, "memory.oom_control", "oom_kill")
                 .unwrap_or(0);
+        }
+        if let Some(efd) = &self.oom_event {
+            // A new task, a new count.
+            let _ = (&*efd).read(&mut [0u8; 8]);
         }
         if let Some((_, p)) = &self.pids {
             if self.limits.1 != pids {
@@ -391,6 +404,7 @@ impl TaskCgroups {
             oom_base: 0,
             join: Vec::new(),
             files: Files::default(),
+            oom_event: None,
         };
         // v2 controllers share one directory.
         t.pids = match (&b.pids, &t.memory) {
@@ -425,6 +439,8 @@ impl TaskCgroups {
             };
             if !ok {
                 t.forget(MEMORY);
+            } else if *v == Ver::V1 {
+                t.guard_oom();
             }
         }
         if let Some((_, p)) = &t.pids {
@@ -449,6 +465,61 @@ impl TaskCgroups {
             }
         }
         v
+    }
+
+    /// Turn the kernel's OOM killer off in the v1 memory cgroup and ask for
+    /// an eventfd notification instead: the supervisor then kills the whole
+    /// task (through its pidfd). Why: the reaper is in this cgroup, and when
+    /// it shares the worker's memory the OOM killer would rate it by the
+    /// worker's size, pick it, and kill every process sharing that memory:
+    /// the worker. Without the guard the reaper gets its own copy.
+    fn guard_oom(&mut self) {
+        let Some((Ver::V1, p)) = &self.memory else {
+            return;
+        };
+        if !self.files.write(p, "memory.oom_control", "1") {
+            return;
+        }
+        // SAFETY: eventfd takes no pointer; the result is checked.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if efd < 0 {
+            return;
+        }
+        // SAFETY: a fresh descriptor we own from here on.
+        let efd = fs::File::from(unsafe { OwnedFd::from_raw_fd(efd) });
+        let Some(ctl) = self.files.get(p, "memory.oom_control") else {
+            return;
+        };
+        let reg = format!("{} {}", efd.as_raw_fd(), ctl.as_raw_fd());
+        if self.files.write(p, "cgroup.event_control", &reg) {
+            self.oom_event = Some(efd);
+        }
+    }
+
+    /// The eventfd that fires when the task hits its memory limit.
+    pub fn oom_event_fd(&self) -> Option<i32> {
+        self.oom_event.as_ref().map(|f| f.as_raw_fd())
+    }
+
+    /// The reaper may share the worker's memory: no memory cgroup, or a v1
+    /// one whose OOM killer is off ([`TaskCgroups::guard_oom`]). v2 has no
+    /// such switch, so there the reaper gets its own copy.
+    pub fn shared_vm_safe(&self) -> bool {
+        match &self.memory {
+            None => true,
+            Some((Ver::V1, _)) => self.oom_event.is_some(),
+            Some((Ver::V2, _)) => false,
+        }
+    }
+
+    /// The task hit its memory limit (the kernel killed in it, or, with the
+    /// OOM killer off, the limit was reached).
+    pub fn oom_hit(&mut self) -> bool {
+        let event = self
+            .oom_event
+            .as_ref()
+            .is_some_and(|f| (&*f).read(&mut [0u8; 8]).is_ok());
+        event || self.oom_kills() > 0
     }
 
     /// The limits carried by directory `p`.
@@ -525,6 +596,9 @@ impl TaskCgroups {
     /// Stop claiming the limits in `bits` (their cgroup could not be
     /// joined): the directories go once nothing else uses them.
     pub fn forget(&mut self, bits: u8) {
+        if bits & MEMORY != 0 {
+            self.oom_event = None;
+        }
         let mut gone = Vec::new();
         for (slot, bit) in [
             (&mut self.memory, MEMORY),
@@ -615,6 +689,7 @@ impl TaskCgroups {
     /// sleeping here.
     fn destroy(mut self) {
         self.join.clear();
+        self.oom_event = None;
         self.files.0.clear();
         let mut busy = Vec::new();
         for p in self.dirs() {

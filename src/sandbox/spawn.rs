@@ -87,7 +87,7 @@ pub struct Fixed {
     stacks: Stacks,
     /// Clone the reaper with CLONE_VM (see `sys`): needs landlock, whose
     /// nested domain keeps the task out of the reaper's memory.
-    pub share_vm: bool,
+    share_vm: bool,
 }
 
 const STAGING_CANDIDATES: &[&str] = &["/mnt", "/media", "/srv", "/opt", "/tmp"];
@@ -287,6 +287,17 @@ impl Fixed {
             (euid, egid)
         };
         let abi = landlock_abi();
+        let share_vm = sys::CAN_SHARE_VM && abi > 0;
+        if share_vm && privileged {
+            // A root worker's memory turns non-dumpable anyway once a reaper
+            // sharing it switches to the mapped uid (the kernel does that on
+            // an effective-uid change): make it so from the start, not from
+            // the first task on. (An unprivileged worker must stay dumpable:
+            // it writes its children's uid maps, which /proc gives to root
+            // for non-dumpable processes.)
+            // SAFETY: prctl with integer arguments only.
+            unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+        }
         let rw = filter::FS_READ_FILE | filter::FS_WRITE_FILE | filter::FS_TRUNCATE;
         let mut ll_rules = vec![
             (
@@ -314,7 +325,7 @@ impl Fixed {
             privileged,
             ll_rules,
             stacks: Stacks::default(),
-            share_vm: sys::CAN_SHARE_VM && abi > 0,
+            share_vm,
             shared_net: if cfg.shared_netns && privileged && abi >= 6 {
                 Some(make_empty_netns()?)
             } else {
@@ -450,6 +461,9 @@ unsafe fn child_main(p: &Plan) -> ! {
         // cgroups). Signals stay blocked in the reaper for good: its
         // handlers are the worker's, and with CLONE_VM they would run on the
         // worker's memory.
+        // Die with the thread that cloned us (it stays in `run` until we
+        // are reaped): a worker that crashes takes its tasks along.
+        let _ = syscall!(Sysno::prctl, libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
         let mut rel = [0u8; 1];
         loop {
             match syscall!(Sysno::read, p.sync_r, rel.as_mut_ptr(), 1) {
@@ -772,10 +786,12 @@ extern "C" fn user_main(arg: *mut c_void) -> c_int {
             // its own domain or below, so the task cannot reach the reaper,
             // whose memory is the worker's. The layer restricts nothing
             // else that is not already denied (making block devices).
+            // Its scopes (ABI >= 6) also keep the task from signalling the
+            // reaper at all.
             let attr = LlRulesetAttr {
                 handled_access_fs: filter::FS_MAKE_BLOCK,
                 handled_access_net: 0,
-                scoped: 0,
+                scoped: filter::ll_scoped(p.fixed.landlock_abi),
             };
             let ok = match syscall!(
                 Sysno::landlock_create_ruleset,
@@ -882,6 +898,7 @@ enum Kill {
     Wall,
     Cpu,
     Output,
+    Memory,
 }
 
 /// Build the per-run plan. Errors are the user's.
@@ -1058,7 +1075,7 @@ pub fn run(sb: &Sandbox, req: &Request) -> Verdict {
         }
     };
     plan.user_stack_top = stack.user_top();
-    plan.shared_vm = sb.fixed.share_vm;
+    plan.shared_vm = sb.fixed.share_vm && cg.shared_vm_safe();
 
     let start = Instant::now();
     let mut pidfd: c_int = -1;
@@ -1089,16 +1106,20 @@ pub fn run(sb: &Sandbox, req: &Request) -> Verdict {
     }
     // The child starts with every signal blocked (and the reaper keeps them
     // blocked): no handler of the worker's may run in it.
-    // SAFETY: sigset_t is plain data, filled by sigfillset.
-    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: sigfillset/pthread_sigmask on valid sigsets; the old mask is
-    // restored right after the clone.
+    // Raw syscall: glibc's sigfillset/pthread_sigmask leave out its own
+    // signals (32, 33), and glibc has a handler for 33.
+    let all: u64 = !0;
+    let mut old: u64 = 0;
+    // SAFETY: 8-byte kernel sigsets on our stack; restored right after.
     unsafe {
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-    }
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &all as *const u64,
+            &mut old as *mut u64,
+            8usize,
+        )
+    };
     // SAFETY: the child runs `reaper_main(&plan)` on `stack`, which stays
     // mapped and reserved for it until it is reaped below (the guard reaps
     // it on every other way out); `child_main` makes raw syscalls only.
@@ -1112,7 +1133,15 @@ pub fn run(sb: &Sandbox, req: &Request) -> Verdict {
         )
     };
     // SAFETY: restores this thread's own mask.
-    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &old as *const u64,
+            std::ptr::null_mut::<u64>(),
+            8usize,
+        )
+    };
     if let Some((_, own)) = &sb.fixed.shared_net {
         // SAFETY: back to the process's own netns (fd we own).
         if unsafe { libc::setns(own.as_raw_fd(), libc::CLONE_NEWNET) } < 0 {
@@ -1193,6 +1222,7 @@ pub fn run(sb: &Sandbox, req: &Request) -> Verdict {
     let deadline = start + std::time::Duration::from_millis(eff.wall_ms);
     let cpu_limit_ns = eff.cpu_ms.saturating_mul(1_000_000);
     let poll_cpu = cg.cpu_mech() != Mechanism::None;
+    let oom_fd = cg.oom_event_fd().unwrap_or(-1);
     let mut killed: Option<Kill> = None;
     let mut exited = false;
     while !exited {
@@ -1229,9 +1259,14 @@ pub fn run(sb: &Sandbox, req: &Request) -> Verdict {
                 events: libc::POLLIN,
                 revents: 0,
             },
+            libc::pollfd {
+                fd: if killed.is_none() { oom_fd } else { -1 },
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
-        // SAFETY: poll on a stack array of three pollfds.
-        let n = unsafe { libc::poll(pfds.as_mut_ptr(), 3, timeout) };
+        // SAFETY: poll on a stack array of four pollfds.
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), 4, timeout) };
         if n < 0 && errno() != libc::EINTR {
             send_kill(&child.pidfd);
             killed.get_or_insert(Kill::Wall);
@@ -1244,6 +1279,12 @@ pub fn run(sb: &Sandbox, req: &Request) -> Verdict {
         }
         if killed.is_none() && (out.over || err.over) {
             killed = Some(Kill::Output);
+            send_kill(&child.pidfd);
+        }
+        if killed.is_none() && pfds[3].revents != 0 {
+            // At the memory limit with the OOM killer off: the task is
+            // stalled until we kill it.
+            killed = Some(Kill::Memory);
             send_kill(&child.pidfd);
         }
         if poll_cpu && killed.is_none() {
@@ -1263,7 +1304,9 @@ pub fn run(sb: &Sandbox, req: &Request) -> Verdict {
     // SAFETY: rusage is plain data; wait4 fills it and the status.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: wait4 on our own child with valid out-pointers.
-    unsafe { libc::wait4(pid, &mut status, libc::__WALL, &mut ru) };
+    while unsafe { libc::wait4(pid, &mut status, libc::__WALL, &mut ru) } < 0
+        && errno() == libc::EINTR
+    {}
     child.reaped = true;
     sb.fixed.stacks.put(stack);
     let wall_ms = start.elapsed().as_secs_f64() * 1000.0;
@@ -1309,7 +1352,7 @@ pub fn run(sb: &Sandbox, req: &Request) -> Verdict {
         ),
         None => (Some(ru.ru_maxrss as u64 * 1024), "rusage"),
     };
-    let oom = cg.oom_kills() > 0;
+    let oom = cg.oom_hit();
     cg.remove(&sb.cgroups);
 
     let mut v = Verdict {
@@ -1388,6 +1431,10 @@ pub fn run(sb: &Sandbox, req: &Request) -> Verdict {
             v.status = Status::OutputLimit;
             v.message = format!("output over {} bytes", eff.output_bytes);
         }
+        Some(Kill::Memory) => {
+            v.status = Status::MemoryLimit;
+            v.message = format!("memory limit of {} bytes exceeded", eff.memory_bytes);
+        }
         None if exit.is_none() => {
             v.message = format!("sandbox init ended without a status (wait status {status:#x})");
             return v;
@@ -1438,7 +1485,9 @@ impl Child {
         send_kill(&self.pidfd);
         let mut st = 0;
         // SAFETY: reap our own child.
-        unsafe { libc::waitpid(self.pid, &mut st, libc::__WALL) };
+        while unsafe { libc::waitpid(self.pid, &mut st, libc::__WALL) } < 0
+            && errno() == libc::EINTR
+        {}
         self.reaped = true;
     }
 }
