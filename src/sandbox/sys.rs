@@ -12,9 +12,11 @@
 //! the reaper shares). Why that is safe is in `docs/security.md`
 //! ("The reaper shares the worker's memory").
 //!
-//! Elsewhere, or without landlock (whose nested domain keeps the task from
-//! reading the reaper's memory), the reaper is a classic copy (no
-//! `CLONE_VM`) on the same stack layout.
+//! Elsewhere, without landlock (whose nested domain keeps the task from
+//! reading the reaper's memory), or with a cgroup v2 memory limit (whose
+//! OOM killer cannot be turned off, and would kill the worker along with a
+//! reaper sharing its memory), the reaper is a classic copy (no `CLONE_VM`)
+//! on the same stack layout.
 
 use libc::{c_int, c_ulong, c_void};
 use std::sync::Mutex;
