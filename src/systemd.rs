@@ -45,15 +45,21 @@ pub struct UnitInfo {
     /// `active`, `activating`, `deactivating`, `failed`, `inactive`, ...
     pub active_state: String,
     pub sub_state: String,
+    /// Type of the job queued for the unit (`start`, `stop`, ...), empty if none.
+    pub job_type: String,
 }
 
 impl UnitInfo {
-    /// The unit still occupies a slot (starting, running or stopping).
+    /// The unit still occupies a slot (starting, running or stopping). A
+    /// unit just created by StartTransientUnit is `inactive` until systemd
+    /// runs its queued start job: on a busy host that can take a while, and
+    /// such a unit is not dead (treating it so once re-queued the task its
+    /// worker had just taken, and the task ran twice).
     pub fn is_live(&self) -> bool {
         matches!(
             self.active_state.as_str(),
             "active" | "activating" | "deactivating" | "reloading" | "refreshing"
-        )
+        ) || matches!(self.job_type.as_str(), "start" | "restart")
     }
 }
 
@@ -225,6 +231,7 @@ impl Systemd {
                     unit: r.0,
                     active_state: r.3,
                     sub_state: r.4,
+                    job_type: r.8,
                 })
             })
             .collect();
@@ -559,6 +566,29 @@ mod tests {
         assert_eq!(worker_id_of("peagen-worker@.service"), None);
         assert_eq!(worker_id_of("redis.service"), None);
         assert_eq!(worker_id_of("peagen-worker@x.socket"), None);
+    }
+
+    #[test]
+    fn a_unit_with_a_queued_start_is_live() {
+        let u = |state: &str, job: &str| UnitInfo {
+            unit: "peagen-worker@x.service".into(),
+            worker_id: "x".into(),
+            active_state: state.into(),
+            sub_state: String::new(),
+            job_type: job.into(),
+        };
+        for (state, job, live) in [
+            ("inactive", "start", true),
+            ("inactive", "restart", true),
+            ("inactive", "", false),
+            ("inactive", "stop", false),
+            ("failed", "", false),
+            ("activating", "", true),
+            ("active", "", true),
+            ("deactivating", "stop", true),
+        ] {
+            assert_eq!(u(state, job).is_live(), live, "{state} + {job:?}");
+        }
     }
 
     #[test]
