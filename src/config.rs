@@ -56,6 +56,7 @@ pub struct RedisConfig {
     pub results_stream: String,
     pub dead_stream: String,
     /// Blocking read timeout for XREADGROUP; short enough to notice signals.
+    /// Capped at 1000 ms for workers so due retries are promoted promptly.
     pub block_ms: u64,
     /// Response timeout for ordinary (non-blocking) commands.
     pub response_timeout_ms: u64,
