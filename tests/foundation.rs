@@ -397,6 +397,17 @@ fn concurrent_promoters_move_each_delayed_retry_once() {
     let mut expect: Vec<String> = (0..60).map(|i| format!("same-{}", i % 30)).collect();
     expect.sort();
     assert_eq!(ids, expect, "each retry promoted exactly once");
+    // A foreign member does not block the set: it is moved whole.
+    r.cli(&["ZADD", "peagen.tasks.delayed", "0", "garbage"]);
+    let n = rt.block_on(async {
+        let q = Queue::connect(&cfg).await.unwrap();
+        q.promote_due(10).await.unwrap()
+    });
+    assert_eq!(n, 1);
+    assert_eq!(r.int(&["ZCARD", "peagen.tasks.delayed"]), 0);
+    assert!(r
+        .stream_data("peagen.tasks")
+        .contains(&Value::String("garbage".into())));
 }
 
 #[test]
