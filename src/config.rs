@@ -56,6 +56,7 @@ pub struct RedisConfig {
     pub results_stream: String,
     pub dead_stream: String,
     /// Blocking read timeout for XREADGROUP; short enough to notice signals.
+    /// Capped at 1000 ms for workers so due retries are promoted promptly.
     pub block_ms: u64,
     /// Response timeout for ordinary (non-blocking) commands.
     pub response_timeout_ms: u64,
@@ -87,6 +88,13 @@ impl RedisConfig {
     pub fn fleet_metrics_key(&self, host: &str) -> String {
         format!("{}.metrics.{host}", self.tasks_stream)
     }
+
+    /// Key of the sorted set of retries waiting out their backoff
+    /// (`<tasks-stream>.delayed`): it inherits the stream's hash tag, so the
+    /// retry and promote scripts stay in one slot on Redis Cluster.
+    pub fn delayed_key(&self) -> String {
+        format!("{}.delayed", self.tasks_stream)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -101,6 +109,12 @@ pub struct WorkerConfig {
     pub max_uptime_secs: u64,
     /// Total executions of a task before it is dead-lettered.
     pub max_attempts: u32,
+    /// Delay before the first retry of a retryable failure, in milliseconds;
+    /// doubled for each further attempt up to `retry-backoff-max-ms`, with
+    /// jitter (each delay is between half and all of that). 0 = retry at once.
+    pub retry_backoff_ms: u64,
+    /// Cap of the retry delay, in milliseconds (at least `retry-backoff-ms`).
+    pub retry_backoff_max_ms: u64,
     /// Size limit of one entry's `data` field in bytes.
     pub max_payload_bytes: usize,
     /// How often the worker re-reads its own pending entries (tasks left
@@ -120,6 +134,8 @@ impl Default for WorkerConfig {
             idle_exit_secs: 600,
             max_uptime_secs: 3600,
             max_attempts: 3,
+            retry_backoff_ms: 1000,
+            retry_backoff_max_ms: 60_000,
             max_payload_bytes: 1024 * 1024,
             pending_retry_secs: 30,
             drain_timeout_ms: 60_000,
@@ -510,6 +526,13 @@ impl Config {
         if self.worker.max_attempts == 0 {
             errs.push("worker.max-attempts must be at least 1".into());
         }
+        let w = &self.worker;
+        if w.retry_backoff_ms > 0 && w.retry_backoff_max_ms < w.retry_backoff_ms {
+            errs.push(format!(
+                "worker.retry-backoff-max-ms ({}) must be at least worker.retry-backoff-ms ({})",
+                w.retry_backoff_max_ms, w.retry_backoff_ms
+            ));
+        }
         if self.worker.max_payload_bytes == 0 {
             errs.push("worker.max-payload-bytes must be at least 1".into());
         }
@@ -690,6 +713,36 @@ mod tests {
         assert!(e.contains("spawner.min"), "{e}");
         assert!(e.contains("redis.url"), "{e}");
         assert!(e.contains("absolute"), "{e}");
+    }
+
+    #[test]
+    fn retry_backoff_settings() {
+        let c = Config::default();
+        assert_eq!(
+            (c.worker.retry_backoff_ms, c.worker.retry_backoff_max_ms),
+            (1000, 60_000)
+        );
+        let c = Config::from_toml(
+            "[worker]\nretry-backoff-ms = 250\nretry-backoff-max-ms = 250\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        assert_eq!(c.worker.retry_backoff_ms, 250);
+        c.validate().unwrap();
+        let mut c = Config::default();
+        c.worker.retry_backoff_max_ms = 999;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains(
+                "worker.retry-backoff-max-ms (999) must be at least worker.retry-backoff-ms (1000)"
+            ),
+            "{e}"
+        );
+        // 0 turns backoff off; the cap no longer matters.
+        c.worker.retry_backoff_ms = 0;
+        c.worker.retry_backoff_max_ms = 0;
+        c.validate().unwrap();
+        assert_eq!(c.redis.delayed_key(), "peagen.tasks.delayed");
     }
 
     #[test]

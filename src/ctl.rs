@@ -96,7 +96,7 @@ pub enum TaskCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum QueueCmd {
-    /// Length, lag, pending, consumers, oldest age.
+    /// Length, lag, pending, delayed retries, consumers, oldest age.
     Stats,
     /// Dead-letter stream.
     Dlq {
@@ -354,6 +354,7 @@ async fn stats(cfg: &Config, as_json: bool) -> Result<(), CtlError> {
     println!("length        {}", st.length);
     println!("lag           {lag}");
     println!("pending       {}", st.pending);
+    println!("delayed       {}", st.delayed);
     println!(
         "oldest age    {}",
         st.oldest_age_ms

@@ -6,6 +6,9 @@
 //!   The script first checks the entry is still pending for the expected
 //!   owner, so two parties can never both move it.
 //! - Pending entries are never trimmed; `XDEL` only removes finished ones.
+//! - A retry with a backoff waits in the delayed sorted set (written by the
+//!   retry script, same atomicity); the promote script moves due members back
+//!   to the stream. Due times come from Redis `TIME`, one clock for all hosts.
 //! - Blocking reads use their own connection with a response timeout longer
 //!   than `BLOCK` (redis-rs defaults to 500 ms).
 
@@ -36,6 +39,10 @@ pub enum QueueError {
 }
 
 pub type Result<T> = std::result::Result<T, QueueError>;
+
+/// Longest blocking read: a worker promotes due delayed retries between
+/// reads, so this bounds how late a due retry can start on an idle fleet.
+pub const MAX_BLOCK_MS: u64 = 1000;
 
 /// One stream entry as read from the tasks stream.
 #[derive(Debug, Clone)]
@@ -99,6 +106,9 @@ pub struct QueueStats {
     pub oldest_age_ms: Option<u64>,
     pub dead_letters: u64,
     pub results: u64,
+    /// Retries waiting out their backoff in the delayed set: not in `length`
+    /// or `lag` (not backlog) until due and promoted.
+    pub delayed: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -135,6 +145,50 @@ redis.call('XDEL', KEYS[1], ARGV[2])
 return 1
 "#;
 
+/// KEYS: tasks, delayed. ARGV: group, entry id, owner ('' = any), task data,
+/// delay ms. Like the move script, for a retry: with a delay the copy goes to
+/// the delayed set, scored by its due time (Redis TIME + delay, in ms), as
+/// `<entry id> <data>` (the unique id keeps equal task documents apart).
+/// Returns 1 moved, 0 not pending, -1 pending for another consumer.
+const RETRY_SCRIPT: &str = r#"
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+if #p == 0 then return 0 end
+if ARGV[3] ~= '' and p[1][2] ~= ARGV[3] then return -1 end
+local delay = tonumber(ARGV[5])
+if delay > 0 then
+  local t = redis.call('TIME')
+  local due = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + delay
+  redis.call('ZADD', KEYS[2], due, ARGV[2] .. ' ' .. ARGV[4])
+else
+  redis.call('XADD', KEYS[1], '*', 'data', ARGV[4])
+end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+return 1
+"#;
+
+/// KEYS: delayed, tasks. ARGV: most members to move. Moves delayed retries
+/// whose due time (Redis TIME) has come to the tasks stream, each XADD with
+/// its ZREM in this one script, so concurrent promoters never double one.
+/// Nothing moves while the tasks stream is missing: an XADD would create it
+/// without the group. A member not in the retry script's format goes to the
+/// stream whole (a worker dead-letters it with its raw text) rather than
+/// blocking the set. Returns how many moved.
+const PROMOTE_SCRIPT: &str = r#"
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+for _, m in ipairs(due) do
+  local sp = string.find(m, ' ', 1, true)
+  local data = m
+  if sp then data = string.sub(m, sp + 1) end
+  redis.call('XADD', KEYS[2], '*', 'data', data)
+  redis.call('ZREM', KEYS[1], m)
+end
+return #due
+"#;
+
 /// KEYS: tasks. ARGV: group, consumer. Deletes the consumer only if it has
 /// nothing pending (otherwise its entries would become unclaimable).
 const DELCONSUMER_SCRIPT: &str = r#"
@@ -159,6 +213,8 @@ pub struct Queue {
     /// Dedicated connection for blocking reads; rebuilt after any error.
     blocking: Mutex<Option<MultiplexedConnection>>,
     move_script: redis::Script,
+    retry_script: redis::Script,
+    promote_script: redis::Script,
     delconsumer_script: redis::Script,
     dlq_retry_script: redis::Script,
 }
@@ -189,6 +245,8 @@ impl Queue {
             conn,
             blocking: Mutex::new(None),
             move_script: redis::Script::new(MOVE_SCRIPT),
+            retry_script: redis::Script::new(RETRY_SCRIPT),
+            promote_script: redis::Script::new(PROMOTE_SCRIPT),
             delconsumer_script: redis::Script::new(DELCONSUMER_SCRIPT),
             dlq_retry_script: redis::Script::new(DLQ_RETRY_SCRIPT),
         })
@@ -273,7 +331,7 @@ impl Queue {
             .arg("COUNT")
             .arg(count);
         if !from_pel {
-            cmd.arg("BLOCK").arg(self.cfg.block_ms);
+            cmd.arg("BLOCK").arg(self.cfg.block_ms.min(MAX_BLOCK_MS));
         }
         cmd.arg("STREAMS")
             .arg(&self.cfg.tasks_stream)
@@ -381,17 +439,53 @@ impl Queue {
         .await
     }
 
-    /// Re-enqueue `next` (attempts already incremented) and ack the original.
-    pub async fn retry(&self, entry_id: &str, owner: &str, next: &Task) -> Result<Moved> {
-        self.run_move(
-            &self.cfg.tasks_stream,
-            entry_id,
-            owner,
-            &next.to_json(),
-            "",
-            "",
-        )
-        .await
+    /// Re-enqueue `next` (attempts already incremented) and ack the original:
+    /// at the end of the stream when `delay_ms` is 0, else into the delayed
+    /// set, due `delay_ms` after now (Redis time).
+    pub async fn retry(
+        &self,
+        entry_id: &str,
+        owner: &str,
+        next: &Task,
+        delay_ms: u64,
+    ) -> Result<Moved> {
+        let r: i64 = self
+            .retry_script
+            .key(&self.cfg.tasks_stream)
+            .key(self.cfg.delayed_key())
+            .arg(&self.cfg.group)
+            .arg(entry_id)
+            .arg(owner)
+            .arg(next.to_json())
+            .arg(delay_ms)
+            .invoke_async(&mut self.c())
+            .await?;
+        Ok(match r {
+            1 => Moved::Done,
+            0 => Moved::NotPending,
+            _ => Moved::NotOwner,
+        })
+    }
+
+    /// Move up to `limit` due delayed retries to the tasks stream; returns
+    /// how many moved. Safe to run from any number of workers and hosts.
+    pub async fn promote_due(&self, limit: usize) -> Result<u64> {
+        let n: u64 = self
+            .promote_script
+            .key(self.cfg.delayed_key())
+            .key(&self.cfg.tasks_stream)
+            .arg(limit)
+            .invoke_async(&mut self.c())
+            .await?;
+        Ok(n)
+    }
+
+    /// Retries waiting out their backoff (not yet in the stream).
+    pub async fn delayed_count(&self) -> Result<u64> {
+        Ok(redis::cmd("ZCARD")
+            .arg(self.cfg.delayed_key())
+            .query_async(&mut self.c())
+            .await?)
     }
 
     /// Move an entry to the dead-letter stream (and optionally record a final
@@ -565,7 +659,9 @@ impl Queue {
                 let max = task.max_attempts.unwrap_or(max_attempts);
                 if crate::retry::decide_reclaim(task.attempts, max) == crate::retry::Decision::Retry
                 {
-                    let moved = self.retry(id, owner, &task.next_attempt()).await?;
+                    // At once: the interruption was the worker's fault, not
+                    // a sign of a struggling dependency.
+                    let moved = self.retry(id, owner, &task.next_attempt(), 0).await?;
                     rep.requeued += u64::from(moved == Moved::Done);
                     tracing::debug!(entry_id = id, consumer = owner, ?moved, "reclaim");
                     return Ok(());
@@ -688,6 +784,7 @@ impl Queue {
             length,
             dead_letters: self.xlen(&cfg.dead_stream).await?,
             results: self.xlen(&cfg.results_stream).await?,
+            delayed: self.delayed_count().await?,
             ..Default::default()
         };
         let groups: redis::RedisResult<StreamInfoGroupsReply> = redis::cmd("XINFO")

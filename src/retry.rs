@@ -2,6 +2,8 @@
 //!
 //! `attempts_done` counts executions including the one that just ended, so
 //! with `max_attempts = 3` a task runs at most three times.
+//!
+//! [`backoff_ms`] says how long a retry waits before it is due again.
 
 use crate::task::Status;
 
@@ -52,9 +54,96 @@ pub fn decide_reclaim(attempts_before: u32, max_attempts: u32) -> Decision {
     )
 }
 
+/// Upper bound of the delay after the `attempt`-th failed execution (1-based):
+/// `min(max_ms, base_ms * 2^(attempt-1))`, saturating. 0 when `base_ms` is 0
+/// (backoff off) or `attempt` is 0.
+pub fn backoff_ceiling_ms(base_ms: u64, max_ms: u64, attempt: u32) -> u64 {
+    if base_ms == 0 || attempt == 0 {
+        return 0;
+    }
+    let factor = 1u64.checked_shl(attempt - 1).unwrap_or(u64::MAX);
+    base_ms.saturating_mul(factor).min(max_ms.max(base_ms))
+}
+
+/// Delay before the retry of the `attempt`-th failed execution, with "equal
+/// jitter": half the ceiling is fixed, the other half is drawn from `random`
+/// (any uniformly random u64, passed in so this stays pure). Always within
+/// `[ceiling / 2, ceiling]`: a lower bound operators can rely on, and spread
+/// so tasks that failed together do not come back together.
+pub fn backoff_ms(base_ms: u64, max_ms: u64, attempt: u32, random: u64) -> u64 {
+    let ceiling = backoff_ceiling_ms(base_ms, max_ms, attempt);
+    let fixed = ceiling - ceiling / 2;
+    let span = ceiling / 2;
+    // span < u64::MAX, so span + 1 cannot overflow.
+    fixed + random % (span + 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_ceiling_doubles_then_caps() {
+        let got: Vec<u64> = (0..=8)
+            .map(|n| backoff_ceiling_ms(1000, 60_000, n))
+            .collect();
+        assert_eq!(
+            got,
+            [0, 1000, 2000, 4000, 8000, 16_000, 32_000, 60_000, 60_000]
+        );
+        // Off, whatever the cap.
+        for n in 0..100 {
+            assert_eq!(backoff_ceiling_ms(0, 60_000, n), 0);
+            assert_eq!(backoff_ceiling_ms(0, 0, n), 0);
+        }
+    }
+
+    #[test]
+    fn backoff_exhaustive_small_space() {
+        for base in 0..20u64 {
+            for max in 0..50u64 {
+                for attempt in 0..12u32 {
+                    let c = backoff_ceiling_ms(base, max, attempt);
+                    let expect = if base == 0 || attempt == 0 {
+                        0
+                    } else {
+                        (base << (attempt - 1)).min(max.max(base))
+                    };
+                    assert_eq!(c, expect, "base={base} max={max} attempt={attempt}");
+                    for random in [0, 1, 2, 3, 7, 1000, u64::MAX - 1, u64::MAX] {
+                        let d = backoff_ms(base, max, attempt, random);
+                        assert!(
+                            d >= c - c / 2 && d <= c,
+                            "base={base} max={max} attempt={attempt} random={random}: {d} not in [{}, {c}]",
+                            c - c / 2
+                        );
+                    }
+                    // Every value of the range is reachable.
+                    let reach: std::collections::BTreeSet<u64> =
+                        (0..=c).map(|r| backoff_ms(base, max, attempt, r)).collect();
+                    assert_eq!(reach, ((c - c / 2)..=c).collect());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn backoff_never_overflows() {
+        for attempt in [1, 2, 31, 32, 63, 64, 65, 1000, u32::MAX - 1, u32::MAX] {
+            for (base, max) in [(1, u64::MAX), (u64::MAX, u64::MAX), (1000, 60_000)] {
+                for random in [0, u64::MAX / 2, u64::MAX] {
+                    let c = backoff_ceiling_ms(base, max, attempt);
+                    assert!(c <= max && c >= base, "attempt={attempt} base={base}");
+                    let d = backoff_ms(base, max, attempt, random);
+                    assert!(d <= c && d >= c - c / 2);
+                }
+            }
+        }
+        assert_eq!(backoff_ceiling_ms(1000, 60_000, u32::MAX), 60_000);
+        assert_eq!(backoff_ceiling_ms(1, u64::MAX, 64), 1 << 63);
+        assert_eq!(backoff_ceiling_ms(1, u64::MAX, 65), u64::MAX);
+        assert_eq!(backoff_ceiling_ms(3, u64::MAX, 64), u64::MAX);
+    }
 
     #[test]
     fn exhaustive_small_space() {

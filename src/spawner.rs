@@ -50,6 +50,8 @@ pub struct SpawnerMetrics {
     pub stream_memory: GaugeVec,
     /// `peagen_queue_lag`; no series while the lag is unknown.
     pub queue_lag: GaugeVec,
+    /// `peagen_queue_delayed`: retries waiting out their backoff.
+    pub queue_delayed: Gauge,
     /// This host's workers' counters (the Redis hash they flush to).
     pub fleet: FleetCollector,
 }
@@ -69,6 +71,7 @@ impl SpawnerMetrics {
             breaker_open: Default::default(),
             stream_memory: Default::default(),
             queue_lag: Default::default(),
+            queue_delayed: Default::default(),
             fleet: Default::default(),
         };
         reg.register(
@@ -126,6 +129,11 @@ impl SpawnerMetrics {
             "queue_lag",
             "Entries not yet delivered to the group (XINFO GROUPS lag, else a bounded count)",
             m.queue_lag.clone(),
+        );
+        reg.register(
+            "queue_delayed",
+            "Retries waiting out their backoff in the delayed set (not backlog until due)",
+            m.queue_delayed.clone(),
         );
         reg.register_collector(Box::new(m.fleet.clone()));
         m
@@ -277,6 +285,13 @@ impl Spawner {
     async fn reconcile(&mut self) -> Result<()> {
         let now = Instant::now();
         let units = self.sd.list_workers().await?;
+        // Due retries become backlog here too, so they are not stuck in the
+        // delayed set while no worker runs (and then count for scale-up).
+        match self.queue.promote_due(crate::worker::PROMOTE_BATCH).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(promoted = n, "delayed retries now due"),
+            Err(e) => tracing::warn!(error = %e, "promoting delayed retries failed"),
+        }
         let stats = self.queue.stats().await.context("reading queue stats")?;
         let pending_of: HashMap<&str, u64> = stats
             .consumers
@@ -472,6 +487,7 @@ impl Spawner {
             }
             None => self.m.queue_lag.clear(),
         }
+        self.m.queue_delayed.set(st.delayed as i64);
         // Workers of this host flush into this hash; on error keep the last snapshot.
         let key = self.cfg.redis.fleet_metrics_key(&self.host);
         match self.queue.hash_all(&key).await {
@@ -510,7 +526,7 @@ impl Spawner {
             BreakerState::HalfOpen => "; breaker half-open (probing)".into(),
         };
         self.status(format!(
-            "workers {} (starting {}, idle {}, busy {}), desired {}, backlog {}, in flight {}{}",
+            "workers {} (starting {}, idle {}, busy {}), desired {}, backlog {}, in flight {}, delayed {}{}",
             d.current,
             n[0],
             n[1],
@@ -518,6 +534,7 @@ impl Spawner {
             d.desired,
             st.lag.map(|l| l.to_string()).unwrap_or_else(|| "?".into()),
             st.pending,
+            st.delayed,
             breaker
         ));
     }

@@ -7,7 +7,7 @@ use crate::handlers::{Outcome, Registry};
 use crate::metrics::{labels, WorkerMetrics};
 use crate::queue::{Entry, Moved, Queue, QueueError};
 use crate::results::FsBackend;
-use crate::retry::{decide, Decision};
+use crate::retry::{backoff_ms, decide, Decision};
 use crate::task::{now_rfc3339, DeadLetter, ResultRecord, Status, Task};
 use crate::telemetry::notify;
 use sd_notify::NotifyState;
@@ -34,6 +34,14 @@ impl ExitReason {
         }
     }
 }
+
+/// Least time between two promotions of due delayed retries by one worker:
+/// under load it reads back to back, and one promotion per read would add a
+/// round trip to every task. Idle reads block at most
+/// [`crate::queue::MAX_BLOCK_MS`], so a due retry waits about a second at most.
+const PROMOTE_EVERY: Duration = Duration::from_millis(250);
+/// Most delayed retries one promotion moves (the next one takes the rest).
+pub const PROMOTE_BATCH: usize = 100;
 
 /// How often a worker refreshes the idle time of the entry it works on, so
 /// the spawner's orphan sweep never takes healthy long-running work.
@@ -121,6 +129,7 @@ impl Worker {
         let started = Instant::now();
         let mut last_activity = Instant::now();
         let mut last_pel_check = Instant::now();
+        let mut last_promote: Option<Instant> = None;
         let mut backoff = Duration::from_millis(100);
         let mut ready = false;
         let mut pel_suspect = false;
@@ -189,6 +198,19 @@ impl Worker {
                     Ok(_) => {}
                     Err(e) => {
                         tracing::warn!(worker_id = %self.id, error = %e, "re-reading own pending entries failed")
+                    }
+                }
+            }
+            if last_promote.is_none_or(|t| t.elapsed() >= PROMOTE_EVERY) {
+                last_promote = Some(Instant::now());
+                match self.queue.promote_due(PROMOTE_BATCH).await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::debug!(worker_id = %self.id, promoted = n, "delayed retries now due")
+                    }
+                    // The read below meets the same outage and backs off.
+                    Err(e) => {
+                        tracing::debug!(worker_id = %self.id, error = %e, "promoting delayed retries failed")
                     }
                 }
             }
@@ -411,18 +433,25 @@ impl Worker {
             }
             Decision::Retry => {
                 let next = task.next_attempt();
+                let w = &self.cfg.worker;
+                let delay_ms = backoff_ms(
+                    w.retry_backoff_ms,
+                    w.retry_backoff_max_ms,
+                    attempts_done,
+                    rand::random(),
+                );
                 let moved = self
                     .finish(
                         |q, id, me| {
                             let n = next.clone();
-                            async move { q.retry(&id, &me, &n).await }
+                            async move { q.retry(&id, &me, &n, delay_ms).await }
                         },
                         &e.id,
                     )
                     .await;
                 self.metrics.retried.inc();
                 tracing::warn!(task_id = %task.id, worker_id = %self.id, trace_id = %trace, attempts = attempts_done,
-                    max_attempts, error = %outcome.data, "retryable failure; re-enqueued");
+                    max_attempts, retry_in_ms = delay_ms, error = %outcome.data, "retryable failure; re-enqueued");
                 self.moved_to_handled(moved, Handled::Retried, &task)
             }
             Decision::DeadLetter(reason) => {

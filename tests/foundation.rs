@@ -26,6 +26,50 @@ fn results_for(r: &Redis, task_id: &str) -> Vec<Value> {
         .collect()
 }
 
+/// Config with a command handler of kind `flaky` that appends `run <ns>` to
+/// `<dir>/runs` when it starts and `end <ns>` to `<dir>/ends` when it ends
+/// (ns since the epoch), failing retryably (exit 75) until its `ok_from`-th run.
+/// `worker_extra` goes into the `[worker]` table.
+fn flaky_cfg(dir: &std::path::Path, ok_from: u32, worker_extra: &str) -> std::path::PathBuf {
+    let script = dir.join("flaky.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ncat >/dev/null\necho \"run $(date +%s%N)\" >> {r}\nif [ $(wc -l < {r}) -ge {ok_from} ]; then echo '{{\"fixed\":true}}'; echo \"end $(date +%s%N)\" >> {e}; exit 0; fi\necho 'LLM 503' >&2\necho \"end $(date +%s%N)\" >> {e}\nexit 75\n",
+            r = dir.join("runs").display(),
+            e = dir.join("ends").display(),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    cfg_with(
+        dir,
+        &format!(
+            "{worker_extra}[[handlers.command]]\nkind = \"flaky\"\nprogram = \"{}\"\n",
+            script.display()
+        ),
+    )
+}
+
+/// Times (ms since the epoch) written by the `flaky` handler to `dir/name`.
+fn stamps_ms(dir: &std::path::Path, name: &str) -> Vec<u64> {
+    std::fs::read_to_string(dir.join(name))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() / 1_000_000)
+        .collect()
+}
+
+/// ZADD calls Redis served so far (scripts' calls included): only a delayed
+/// retry writes the delayed set.
+fn zadd_calls(r: &Redis) -> i64 {
+    r.cli(&["INFO", "commandstats"])
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_zadd:calls="))
+        .map(|rest| rest.split(',').next().unwrap().parse().unwrap())
+        .unwrap_or(0)
+}
+
 #[test]
 fn tasks_flow_end_to_end() {
     let r = Redis::start();
@@ -118,23 +162,8 @@ fn retryable_failures_retry_then_dead_letter_intact() {
     let dir = tempfile::tempdir_in(scratch()).unwrap();
     let runs = dir.path().join("runs");
     // Fails (retryably) on its first three runs, succeeds from the fourth.
-    let script = dir.path().join("flaky.sh");
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\ncat >/dev/null\necho run >> {r}\nif [ $(wc -l < {r}) -ge 4 ]; then echo '{{\"fixed\":true}}'; exit 0; fi\necho 'LLM 503' >&2\nexit 75\n",
-            r = runs.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let cfg = cfg_with(
-        dir.path(),
-        &format!(
-            "max-attempts = 3\n[[handlers.command]]\nkind = \"flaky\"\nprogram = \"{}\"\n",
-            script.display()
-        ),
-    );
+    // Backoff off: today's immediate re-queue.
+    let cfg = flaky_cfg(dir.path(), 4, "max-attempts = 3\nretry-backoff-ms = 0\n");
     let _w = WorkerProc::start(&r, &cfg, "w-retry", &[]);
     let id = ctl_ok(
         &r,
@@ -186,6 +215,11 @@ fn retryable_failures_retry_then_dead_letter_intact() {
     assert_eq!(res[0]["status"], "error");
     assert_eq!(res[0]["attempts"], 3);
     assert_eq!(r.int(&["XLEN", "peagen.tasks"]), 0);
+    assert_eq!(
+        zadd_calls(&r),
+        0,
+        "backoff 0: no retry went through the delayed set"
+    );
 
     // The cause is fixed (the 4th run succeeds) and the operator retries it:
     // back on the queue with attempts reset; the success becomes the final
@@ -203,6 +237,177 @@ fn retryable_failures_retry_then_dead_letter_intact() {
     assert_eq!(v["attempts"], 1);
     assert_eq!(std::fs::read_to_string(&runs).unwrap().lines().count(), 4);
     assert_eq!(r.int(&["XLEN", "peagen.tasks"]), 0);
+}
+
+#[test]
+fn retries_wait_out_a_growing_backoff_then_dead_letter() {
+    let r = Redis::start();
+    let dir = tempfile::tempdir_in(scratch()).unwrap();
+    // Never succeeds. Delay ceilings 1000 then min(1500, 2000) ms; equal
+    // jitter keeps each delay at least half its ceiling.
+    let cfg = flaky_cfg(
+        dir.path(),
+        100,
+        "max-attempts = 3\nretry-backoff-ms = 1000\nretry-backoff-max-ms = 1500\n",
+    );
+    let _w = WorkerProc::start(&r, &cfg, "w-backoff", &[]);
+    let id = push(&r, &cfg, "flaky", "backoff-1");
+    eventually(LONG, "dead letter", || r.int(&["XLEN", "peagen.dead"]) == 1);
+    let (starts, ends) = (stamps_ms(dir.path(), "runs"), stamps_ms(dir.path(), "ends"));
+    assert_eq!(starts.len(), 3, "ran exactly max-attempts times");
+    assert_eq!(ends.len(), 3);
+    for (i, min_gap) in [(0, 500), (1, 750)] {
+        let gap = starts[i + 1].saturating_sub(ends[i]);
+        assert!(
+            starts[i + 1] >= ends[i] + min_gap,
+            "attempt {} started {gap} ms after attempt {} ended, before its backoff (>= {min_gap} ms)",
+            i + 2,
+            i + 1
+        );
+    }
+    let dead = r.stream_data("peagen.dead");
+    assert_eq!(dead[0]["task_id"], id.as_str());
+    assert_eq!(dead[0]["reason"], "attempts_exhausted");
+    assert_eq!(dead[0]["attempts"], 3);
+    let res = results_for(&r, &id);
+    assert_eq!(res.len(), 1, "one final result: {res:?}");
+    assert_eq!(res[0]["status"], "error");
+    // Nothing left behind, nothing doubled.
+    assert_eq!(r.int(&["XLEN", "peagen.tasks"]), 0);
+    assert_eq!(r.int(&["ZCARD", "peagen.tasks.delayed"]), 0);
+    assert_eq!(
+        zadd_calls(&r),
+        2,
+        "both retries went through the delayed set"
+    );
+}
+
+#[test]
+fn delayed_retry_is_promoted_after_its_worker_died() {
+    let r = Redis::start();
+    let dir = tempfile::tempdir_in(scratch()).unwrap();
+    // Fails once, then succeeds. The delay (1.5-3 s) leaves ample time to
+    // kill the worker before the retry is due.
+    let cfg = flaky_cfg(
+        dir.path(),
+        2,
+        "max-attempts = 3\nretry-backoff-ms = 3000\nretry-backoff-max-ms = 3000\n",
+    );
+    let mut first = WorkerProc::start(&r, &cfg, "w-first", &[]);
+    let id = push(&r, &cfg, "flaky", "orphan-retry");
+    eventually(LONG, "first run failed into the delayed set", || {
+        r.int(&["ZCARD", "peagen.tasks.delayed"]) == 1
+    });
+    first.kill9();
+    assert_eq!(stamps_ms(dir.path(), "runs").len(), 1);
+    // Waiting out its backoff: shown, but neither backlog nor in flight.
+    let stats: Value =
+        serde_json::from_str(&ctl_ok(&r, Some(&cfg), &["queue", "stats", "--json"])).unwrap();
+    assert_eq!(stats["delayed"], 1, "{stats}");
+    assert_eq!(stats["length"], 0, "{stats}");
+    assert_eq!(stats["lag"], 0, "{stats}");
+    assert_eq!(stats["pending"], 0, "{stats}");
+    let text = ctl_ok(&r, Some(&cfg), &["queue", "stats"]);
+    assert!(text.contains("delayed       1"), "{text}");
+    // Another worker promotes it once due and runs it.
+    let _second = WorkerProc::start(&r, &cfg, "w-second", &[]);
+    eventually(LONG, "retried task succeeds", || {
+        !results_for(&r, &id).is_empty()
+    });
+    let res = results_for(&r, &id);
+    assert_eq!(res.len(), 1, "{res:?}");
+    assert_eq!(res[0]["status"], "ok");
+    assert_eq!(res[0]["attempts"], 2);
+    assert_eq!(res[0]["worker_id"], "w-second");
+    let (starts, ends) = (stamps_ms(dir.path(), "runs"), stamps_ms(dir.path(), "ends"));
+    assert_eq!(starts.len(), 2, "ran once more, not twice");
+    assert!(starts[1] >= ends[0] + 1500, "{starts:?} {ends:?}");
+    assert_eq!(r.int(&["XLEN", "peagen.tasks"]), 0);
+    assert_eq!(r.int(&["ZCARD", "peagen.tasks.delayed"]), 0);
+    assert_eq!(r.int(&["XLEN", "peagen.dead"]), 0);
+}
+
+/// The queue API itself: a retry is moved once (a repeated call after a lost
+/// reply does not double it), and many concurrent promoters move every due
+/// retry exactly once.
+#[test]
+fn concurrent_promoters_move_each_delayed_retry_once() {
+    use peagen_fabric::queue::{Moved, Queue};
+    use peagen_fabric::task::Task;
+    let r = Redis::start();
+    let mut cfg = peagen_fabric::config::Config::default().redis;
+    cfg.url = r.url();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let q = std::sync::Arc::new(Queue::connect(&cfg).await.unwrap());
+        let n = 60;
+        for i in 0..n {
+            // Identical documents twice over: the delayed set must keep both.
+            let doc = format!(r#"{{"kind":"echo","id":"same-{}","payload":{{}}}}"#, i % 30);
+            q.push_raw(&doc).await.unwrap();
+        }
+        let entries = q.read("c1", n, false).await.unwrap();
+        assert_eq!(entries.len(), n);
+        for e in &entries {
+            let t = Task::parse(e.data.as_deref().unwrap(), usize::MAX).unwrap();
+            let next = t.next_attempt();
+            assert_eq!(
+                q.retry(&e.id, "other", &next, 1).await.unwrap(),
+                Moved::NotOwner
+            );
+            assert_eq!(q.retry(&e.id, "c1", &next, 1).await.unwrap(), Moved::Done);
+            assert_eq!(
+                q.retry(&e.id, "c1", &next, 1).await.unwrap(),
+                Moved::NotPending
+            );
+        }
+        assert_eq!(q.delayed_count().await.unwrap(), n as u64);
+        assert_eq!(q.stats().await.unwrap().length, 0);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let q = q.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut moved = 0;
+                loop {
+                    let m = q.promote_due(7).await.unwrap();
+                    if m == 0 {
+                        return moved;
+                    }
+                    moved += m;
+                }
+            }));
+        }
+        let mut total = 0;
+        for t in tasks {
+            total += t.await.unwrap();
+        }
+        assert_eq!(total, n as u64);
+        assert_eq!(q.delayed_count().await.unwrap(), 0);
+        let st = q.stats().await.unwrap();
+        assert_eq!((st.length, st.delayed), (n as u64, 0));
+    });
+    let mut ids: Vec<String> = r
+        .stream_data("peagen.tasks")
+        .iter()
+        .inspect(|v| assert_eq!(v["attempts"], 1))
+        .map(|v| v["id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    let mut expect: Vec<String> = (0..60).map(|i| format!("same-{}", i % 30)).collect();
+    expect.sort();
+    assert_eq!(ids, expect, "each retry promoted exactly once");
+    // A foreign member does not block the set: it is moved whole.
+    r.cli(&["ZADD", "peagen.tasks.delayed", "0", "garbage"]);
+    let n = rt.block_on(async {
+        let q = Queue::connect(&cfg).await.unwrap();
+        q.promote_due(10).await.unwrap()
+    });
+    assert_eq!(n, 1);
+    assert_eq!(r.int(&["ZCARD", "peagen.tasks.delayed"]), 0);
+    assert!(r
+        .stream_data("peagen.tasks")
+        .contains(&Value::String("garbage".into())));
 }
 
 #[test]

@@ -266,3 +266,51 @@ fn template_unit_on_disk_blocks_transient_workers() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("already") || err.contains("fragment"), "{err}");
 }
+
+#[test]
+fn spawnerd_promotes_a_due_retry_when_no_worker_runs() {
+    if skip_unless_root("delayed") {
+        return;
+    }
+    let b = TestBox::start("delayed");
+    b.write_config("warm-pool = 0\nidle-timeout-secs = 600", "");
+    b.start_spawnerd();
+    // A retry a worker that has since gone wrote to the delayed set (retry
+    // script format), due in 3 s.
+    let port = b.redis_port.to_string();
+    let cli = |args: &[&str]| {
+        let o = std::process::Command::new("redis-cli")
+            .args(["-p", &port])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "redis-cli {args:?}: {o:?}");
+    };
+    cli(&[
+        "XGROUP",
+        "CREATE",
+        "peagen.tasks",
+        "peagen",
+        "0",
+        "MKSTREAM",
+    ]);
+    let due = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        + 3000;
+    let member = r#"1-0 {"kind":"echo","id":"delayed-1","payload":{"v":1},"attempts":1}"#;
+    cli(&["ZADD", "peagen.tasks.delayed", &due.to_string(), member]);
+    assert_eq!(b.stats()["delayed"], 1);
+    // Not backlog while it waits: no worker is started for it.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(b.live_workers(), 0, "scaled up for a retry not yet due");
+    let r = eventually("the retry promoted and run", LONG, || b.result("delayed-1"));
+    assert_eq!(r["status"], "ok", "{r}");
+    assert_eq!(r["attempts"], 2, "{r}");
+    let s = b.stats();
+    assert_eq!((&s["delayed"], &s["length"]), (&0.into(), &0.into()), "{s}");
+    eventually("peagen_queue_delayed back to 0", LONG, || {
+        (b.metric("peagen_queue_delayed") == Some(0.0)).then_some(())
+    });
+}

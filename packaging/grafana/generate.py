@@ -79,8 +79,10 @@ main = dashboard("peagen-main", "Peagen fabric / Main", [
           0, 1, 8, stack=True, desc="Tasks waiting in the tasks stream (alert: > 50 for 10 min)."),
     panel(3, "Delivered, not acknowledged (PEL)", [(f"max by (stream) (peagen_redis_queue_pending{I})", "{{stream}}")],
           8, 1, 8, desc="Entries read by a worker and not yet acknowledged."),
-    panel(4, "Queue lag", [(f"max(peagen_queue_lag{I})", "lag")], 16, 1, 8,
-          desc="Entries of the tasks stream not yet delivered to the group."),
+    panel(4, "Queue lag", [(f"max(peagen_queue_lag{I})", "lag"),
+                           (f"max(peagen_queue_delayed{I})", "delayed retries")], 16, 1, 8,
+          desc="Entries of the tasks stream not yet delivered to the group, and retries "
+               "waiting out their backoff (not backlog until due)."),
     panel(5, "Stream memory", [(f"max by (stream) (peagen_redis_stream_memory_bytes{I})", "{{stream}}")],
           0, 9, 12, unit="bytes", desc="Redis MEMORY USAGE of each stream (alert: > 500 MB)."),
     panel(6, "Retries, dead letters, reclaimed", [
