@@ -81,6 +81,17 @@ pub enum Moved {
     NotOwner,
 }
 
+impl Moved {
+    /// The finish scripts' reply: 1 moved, 0 not pending, -1 other owner.
+    fn from_script(r: i64) -> Moved {
+        match r {
+            1 => Moved::Done,
+            0 => Moved::NotPending,
+            _ => Moved::NotOwner,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ConsumerInfo {
     pub name: String,
@@ -410,11 +421,7 @@ impl Queue {
             .arg(result)
             .invoke_async(&mut self.c())
             .await?;
-        Ok(match r {
-            1 => Moved::Done,
-            0 => Moved::NotPending,
-            _ => Moved::NotOwner,
-        })
+        Ok(Moved::from_script(r))
     }
 
     /// Acknowledge a finished entry, recording `result_json` in the results
@@ -460,11 +467,7 @@ impl Queue {
             .arg(delay_ms)
             .invoke_async(&mut self.c())
             .await?;
-        Ok(match r {
-            1 => Moved::Done,
-            0 => Moved::NotPending,
-            _ => Moved::NotOwner,
-        })
+        Ok(Moved::from_script(r))
     }
 
     /// Move up to `limit` due delayed retries to the tasks stream; returns
