@@ -60,6 +60,13 @@ pub struct RedisConfig {
     pub block_ms: u64,
     /// Response timeout for ordinary (non-blocking) commands.
     pub response_timeout_ms: u64,
+    /// Name of a Sentinel-monitored master (`sentinel monitor NAME ...`).
+    /// Set together with `sentinels`; then `url` only supplies the master's
+    /// credentials and db, its host and port are ignored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sentinel_master: Option<String>,
+    /// `redis://[:password@]host:port` of each sentinel, tried in order.
+    pub sentinels: Vec<String>,
 }
 
 impl Default for RedisConfig {
@@ -72,6 +79,8 @@ impl Default for RedisConfig {
             dead_stream: "peagen.dead".into(),
             block_ms: 1000,
             response_timeout_ms: 5000,
+            sentinel_master: None,
+            sentinels: Vec::new(),
         }
     }
 }
@@ -523,6 +532,35 @@ impl Config {
         if r.block_ms == 0 {
             errs.push("redis.block-ms must be at least 1".into());
         }
+        match (&r.sentinel_master, r.sentinels.is_empty()) {
+            (Some(m), false) if m.is_empty() => {
+                errs.push("redis.sentinel-master must not be empty".into())
+            }
+            (Some(_), true) => errs.push(
+                "redis.sentinel-master is set but redis.sentinels is empty: list at least one sentinel (redis://host:26379)".into(),
+            ),
+            (None, false) => errs.push(
+                "redis.sentinels is set but redis.sentinel-master is not: name the monitored master (sentinel monitor NAME ...)".into(),
+            ),
+            _ => {}
+        }
+        if r.sentinel_master.is_some() && !r.url.starts_with("redis://") {
+            // Only its credentials and db are used; TLS to a Sentinel-named
+            // master is not built in, so refuse rather than silently downgrade.
+            errs.push(format!(
+                "redis.url {:?} must be a redis:// URL with redis.sentinel-master (it only supplies the master's password and db; TLS with Sentinel is not supported)",
+                crate::queue::redact(&r.url)
+            ));
+        }
+        for s in &r.sentinels {
+            // The crate talks to sentinels over plain TCP only (no TLS feature built in).
+            if !s.starts_with("redis://") {
+                errs.push(format!(
+                    "redis.sentinels entry {:?} must start with redis://",
+                    crate::queue::redact(s)
+                ));
+            }
+        }
         if self.worker.max_attempts == 0 {
             errs.push("worker.max-attempts must be at least 1".into());
         }
@@ -661,6 +699,41 @@ mod tests {
         assert!(e.to_string().contains("unknown field"), "{e}");
         let e = Config::from_toml("[nope]\n", Path::new("x")).unwrap_err();
         assert!(e.to_string().contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn sentinel_needs_master_and_sentinels_together() {
+        let ok = Config::from_toml(
+            "[redis]\nsentinel-master = \"mymaster\"\nsentinels = [\"redis://127.0.0.1:26379\", \"redis://:pw@127.0.0.2:26379\"]\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        ok.validate().unwrap();
+        assert_eq!(ok.redis.sentinel_master.as_deref(), Some("mymaster"));
+        assert_eq!(ok.redis.sentinels.len(), 2);
+        for (toml, want) in [
+            ("sentinel-master = \"m\"\n", "redis.sentinels is empty"),
+            (
+                "sentinels = [\"redis://127.0.0.1:26379\"]\n",
+                "redis.sentinel-master is not",
+            ),
+            (
+                "sentinel-master = \"\"\nsentinels = [\"redis://h:1\"]\n",
+                "must not be empty",
+            ),
+            (
+                "sentinel-master = \"m\"\nsentinels = [\"h:26379\"]\n",
+                "must start with redis://",
+            ),
+            (
+                "url = \"rediss://h:1\"\nsentinel-master = \"m\"\nsentinels = [\"redis://h:1\"]\n",
+                "TLS with Sentinel is not supported",
+            ),
+        ] {
+            let c = Config::from_toml(&format!("[redis]\n{toml}"), Path::new("x")).unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(want), "{toml:?}: {e}");
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod handlers;
 pub mod metrics;
 pub mod policy;
 pub mod queue;
+pub mod redis_target;
 pub mod results;
 pub mod retry;
 #[allow(unsafe_code)]

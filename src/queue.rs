@@ -11,8 +11,11 @@
 //!   to the stream. Due times come from Redis `TIME`, one clock for all hosts.
 //! - Blocking reads use their own connection with a response timeout longer
 //!   than `BLOCK` (redis-rs defaults to 500 ms).
+//! - With Redis Sentinel all connections point at one resolved master and
+//!   move together when a failover names another (see `redis_target`).
 
 use crate::config::RedisConfig;
+use crate::redis_target::{suggests_failover, Target};
 use crate::task::{DeadLetter, Task, DATA_FIELD};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::streams::{
@@ -22,12 +25,14 @@ use redis::streams::{
 use redis::{AsyncConnectionConfig, Value};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Notify};
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
-    #[error("Redis at {url} is unreachable: {source} (is redis-server running? check redis.url / PEAGEN_REDIS_URL)")]
+    /// `url` is the redacted URL, or the Sentinel master name and sentinels.
+    #[error("Redis at {url} is unreachable: {source} (is redis-server running? check redis.url / PEAGEN_REDIS_URL, or redis.sentinels / redis.sentinel-master)")]
     Connect {
         url: String,
         source: redis::RedisError,
@@ -219,10 +224,10 @@ return redis.call('XADD', KEYS[2], '*', 'data', ARGV[2])
 
 pub struct Queue {
     cfg: RedisConfig,
-    client: redis::Client,
-    conn: ConnectionManager,
-    /// Dedicated connection for blocking reads; rebuilt after any error.
-    blocking: Mutex<Option<MultiplexedConnection>>,
+    target: Arc<Target>,
+    shared: Arc<Shared>,
+    /// Sentinel only: follows the master after a failover.
+    follower: Option<tokio::task::JoinHandle<()>>,
     move_script: redis::Script,
     retry_script: redis::Script,
     promote_script: redis::Script,
@@ -230,31 +235,69 @@ pub struct Queue {
     dlq_retry_script: redis::Script,
 }
 
+/// The connections, swapped together when Sentinel names a new master.
+struct Shared {
+    conn: std::sync::Mutex<ConnectionManager>,
+    /// The master the connections point at, and its address.
+    current: std::sync::Mutex<(redis::Client, String)>,
+    /// Dedicated connection for blocking reads; rebuilt after any error.
+    blocking: Mutex<Option<MultiplexedConnection>>,
+    /// Ask the follower to re-resolve the master now.
+    kick: Notify,
+}
+
+/// Backstop for re-resolving the master when no error asked for it.
+const FOLLOW_EVERY: Duration = Duration::from_secs(5);
+
+fn manager_config(cfg: &RedisConfig) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_response_timeout(Some(Duration::from_millis(cfg.response_timeout_ms)))
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_secs(2))
+}
+
+impl Drop for Queue {
+    fn drop(&mut self) {
+        if let Some(f) = self.follower.take() {
+            f.abort();
+        }
+    }
+}
+
 impl Queue {
-    /// Connect (failing fast if Redis is not there).
+    /// Connect (failing fast if Redis is not there). With Sentinel, the
+    /// master is resolved now and followed after failovers.
     pub async fn connect(cfg: &RedisConfig) -> Result<Self> {
-        let client =
-            redis::Client::open(cfg.url.as_str()).map_err(|source| QueueError::Connect {
-                url: redact(&cfg.url),
-                source,
-            })?;
-        let mcfg = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(Duration::from_millis(cfg.response_timeout_ms)))
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(2));
-        let conn = client
-            .get_connection_manager_with_config(mcfg)
+        let target = Target::new(cfg).map_err(|source| QueueError::Connect {
+            url: redact(&cfg.url),
+            source,
+        })?;
+        let connect_err = |source| QueueError::Connect {
+            url: target.describe().to_string(),
+            source,
+        };
+        let resolved = target.client().await.map_err(connect_err)?;
+        let conn = resolved
+            .client
+            .get_connection_manager_with_config(manager_config(cfg))
             .await
-            .map_err(|source| QueueError::Connect {
-                url: redact(&cfg.url),
-                source,
-            })?;
+            .map_err(connect_err)?;
+        let shared = Arc::new(Shared {
+            conn: std::sync::Mutex::new(conn),
+            current: std::sync::Mutex::new((resolved.client, resolved.addr)),
+            blocking: Mutex::new(None),
+            kick: Notify::new(),
+        });
+        let target = Arc::new(target);
+        let follower = target
+            .is_sentinel()
+            .then(|| tokio::spawn(follow(cfg.clone(), target.clone(), shared.clone())));
         Ok(Queue {
             cfg: cfg.clone(),
-            client,
-            conn,
-            blocking: Mutex::new(None),
+            target,
+            shared,
+            follower,
             move_script: redis::Script::new(MOVE_SCRIPT),
             retry_script: redis::Script::new(RETRY_SCRIPT),
             promote_script: redis::Script::new(PROMOTE_SCRIPT),
@@ -263,12 +306,24 @@ impl Queue {
         })
     }
 
+    /// After an error that may mean a failover, have the follower ask the
+    /// sentinels now instead of at its next tick.
+    fn saw(&self, e: &redis::RedisError) {
+        if self.follower.is_some() && suggests_failover(e) {
+            self.shared.kick.notify_one();
+        }
+    }
+
     pub fn config(&self) -> &RedisConfig {
         &self.cfg
     }
 
     fn c(&self) -> ConnectionManager {
-        self.conn.clone()
+        self.shared
+            .conn
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// `XGROUP CREATE tasks group 0 MKSTREAM`, BUSYGROUP ignored.
@@ -312,20 +367,29 @@ impl Queue {
     }
 
     async fn blocking_conn(&self) -> Result<MultiplexedConnection> {
-        let mut g = self.blocking.lock().await;
+        let mut g = self.shared.blocking.lock().await;
         if let Some(c) = g.as_ref() {
             return Ok(c.clone());
         }
         let acfg = AsyncConnectionConfig::new()
             .set_response_timeout(Some(Duration::from_millis(self.cfg.block_ms + 5000)))
             .set_connection_timeout(Some(Duration::from_secs(5)));
-        let c = self
-            .client
+        let client = self
+            .shared
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .clone();
+        let c = client
             .get_multiplexed_async_connection_with_config(&acfg)
             .await
-            .map_err(|source| QueueError::Connect {
-                url: redact(&self.cfg.url),
-                source,
+            .map_err(|source| {
+                self.saw(&source);
+                QueueError::Connect {
+                    url: self.target.describe().to_string(),
+                    source,
+                }
             })?;
         *g = Some(c.clone());
         Ok(c)
@@ -360,7 +424,8 @@ impl Queue {
                 .unwrap_or_default()),
             Err(e) => {
                 // Drop the connection; the next call makes a new one.
-                *self.blocking.lock().await = None;
+                *self.shared.blocking.lock().await = None;
+                self.saw(&e);
                 if e.code() == Some("NOGROUP") {
                     self.ensure_group().await?;
                 }
@@ -420,7 +485,8 @@ impl Queue {
             .arg(task_id)
             .arg(result)
             .invoke_async(&mut self.c())
-            .await?;
+            .await
+            .inspect_err(|e| self.saw(e))?;
         Ok(Moved::from_script(r))
     }
 
@@ -992,6 +1058,49 @@ impl Queue {
 }
 
 /// Hide a password in a URL for messages.
+/// Sentinel only: re-resolve the master on every kick and every
+/// [`FOLLOW_EVERY`]; when it moved, point all connections at the new one.
+/// A failed resolve (sentinels or the new master not ready yet) is retried at
+/// the next tick; commands meanwhile fail and their callers retry as usual.
+async fn follow(cfg: RedisConfig, target: Arc<Target>, shared: Arc<Shared>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(FOLLOW_EVERY) => {}
+            _ = shared.kick.notified() => {}
+        }
+        let resolved = match target.client().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, target = target.describe(), "redis sentinel: no usable master yet (failover in progress?)");
+                // Don't spin on a burst of kicks while the sentinels vote.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        let same = shared.current.lock().unwrap_or_else(|p| p.into_inner()).1 == resolved.addr;
+        if same {
+            continue;
+        }
+        match resolved
+            .client
+            .get_connection_manager_with_config(manager_config(&cfg))
+            .await
+        {
+            Ok(conn) => {
+                *shared.conn.lock().unwrap_or_else(|p| p.into_inner()) = conn;
+                *shared.current.lock().unwrap_or_else(|p| p.into_inner()) =
+                    (resolved.client, resolved.addr.clone());
+                *shared.blocking.lock().await = None;
+                tracing::info!(addr = %resolved.addr, "redis sentinel: connections now use the new master");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, addr = %resolved.addr, "redis sentinel: cannot connect to the new master");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),

@@ -781,9 +781,17 @@ fn spawn_redis_watcher(
     tokio::spawn(async move {
         const BLOCK_MS: u64 = 5000;
         let mut backoff = Duration::from_millis(200);
+        // Resolved afresh on every reconnect, so a Sentinel failover is followed.
+        let target = match crate::redis_target::Target::new(&cfg) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "queue watcher: bad redis config; wake-ups only by tick");
+                return;
+            }
+        };
         loop {
             let conn = async {
-                let client = redis::Client::open(cfg.url.as_str())?;
+                let client = target.client().await?.client;
                 let acfg = redis::AsyncConnectionConfig::new()
                     .set_response_timeout(Some(Duration::from_millis(BLOCK_MS + 5000)));
                 client

@@ -11,6 +11,8 @@ pub struct Redis {
     pub dir: tempfile::TempDir,
     child: Option<Child>,
     aof: bool,
+    /// Extra `redis-server` arguments (e.g. `--replicaof`).
+    extra: Vec<String>,
 }
 
 fn free_port() -> u16 {
@@ -26,6 +28,10 @@ impl Redis {
     /// `aof`: append-only file with fsync on every write, so a restart
     /// (even a crash) loses nothing.
     pub fn start_with(aof: bool) -> Self {
+        Self::start_args(aof, &[])
+    }
+
+    pub fn start_args(aof: bool, extra: &[&str]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("peagen-redis")
             .tempdir_in(scratch())
@@ -35,6 +41,7 @@ impl Redis {
             dir,
             child: None,
             aof,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         r.spawn();
         r
@@ -50,6 +57,7 @@ impl Redis {
             .arg(self.dir.path())
             .arg("--save")
             .arg("")
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         if self.aof {
