@@ -1057,7 +1057,6 @@ impl Queue {
     }
 }
 
-/// Hide a password in a URL for messages.
 /// Sentinel only: re-resolve the master on every kick and every
 /// [`FOLLOW_EVERY`]; when it moved, point all connections at the new one.
 /// A failed resolve (sentinels or the new master not ready yet) is retried at
@@ -1101,6 +1100,7 @@ async fn follow(cfg: RedisConfig, target: Arc<Target>, shared: Arc<Shared>) {
     }
 }
 
+/// Hide a password in a URL for messages.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
