@@ -522,44 +522,45 @@ impl TaskCgroups {
         event || self.oom_kills() > 0
     }
 
-    /// The limits carried by directory `p`.
-    fn bits(&self, p: &Path) -> u8 {
-        let mut b = 0;
+    /// The distinct directories of one cgroup version, each with the limit
+    /// bits it carries (v2 controllers share one directory).
+    fn dirs_of(&self, ver: Ver) -> Vec<(PathBuf, u8)> {
+        let mut out: Vec<(PathBuf, u8)> = Vec::new();
         for (slot, bit) in [(&self.memory, MEMORY), (&self.pids, PIDS), (&self.cpu, CPU)] {
-            if slot.as_ref().is_some_and(|(_, q)| q == p) {
-                b |= bit;
+            let Some((v, p)) = slot else { continue };
+            if *v != ver {
+                continue;
+            }
+            match out.iter_mut().find(|(q, _)| q == p) {
+                Some((_, b)) => *b |= bit,
+                None => out.push((p.clone(), bit)),
             }
         }
-        b
+        out
     }
 
     /// For the child to join the v1 cgroups itself: (open `tasks` fd, limit
     /// bits). A directory whose `tasks` cannot be opened is dropped.
     pub fn join_fds(&mut self) -> Vec<(i32, u8)> {
-        let v1: Vec<PathBuf> = [&self.memory, &self.pids, &self.cpu]
-            .into_iter()
-            .flatten()
-            .filter(|(v, _)| *v == Ver::V1)
-            .map(|(_, p)| p.clone())
-            .collect();
         let mut out = Vec::new();
         let mut lost = 0;
-        for p in v1 {
-            if out.iter().any(|&(_, b)| b & self.bits(&p) != 0) {
-                continue; // one directory, several controllers
-            }
-            if !self.join.iter().any(|(q, _)| *q == p) {
-                match fs::OpenOptions::new().write(true).open(p.join("tasks")) {
-                    Ok(f) => self.join.push((p.clone(), f.into())),
+        for (p, bits) in self.dirs_of(Ver::V1) {
+            let fd = match self.join.iter().find(|(q, _)| *q == p) {
+                Some((_, fd)) => fd.as_raw_fd(),
+                None => match fs::OpenOptions::new().write(true).open(p.join("tasks")) {
+                    Ok(f) => {
+                        let fd = OwnedFd::from(f);
+                        let raw = fd.as_raw_fd();
+                        self.join.push((p, fd));
+                        raw
+                    }
                     Err(_) => {
-                        lost |= self.bits(&p);
+                        lost |= bits;
                         continue;
                     }
-                }
-            }
-            if let Some((_, fd)) = self.join.iter().find(|(q, _)| *q == p) {
-                out.push((fd.as_raw_fd(), self.bits(&p)));
-            }
+                },
+            };
+            out.push((fd, bits));
         }
         self.forget(lost);
         out
@@ -573,20 +574,11 @@ impl TaskCgroups {
         let s = pid.to_string();
         let mut ok = 0;
         let mut lost = 0;
-        for p in self.dirs() {
-            if !self
-                .memory
-                .iter()
-                .chain(&self.pids)
-                .chain(&self.cpu)
-                .any(|(v, q)| q == p && *v == Ver::V2)
-            {
-                continue;
-            }
+        for (p, bits) in self.dirs_of(Ver::V2) {
             if fs::write(p.join("cgroup.procs"), &s).is_ok() {
-                ok |= self.bits(p);
+                ok |= bits;
             } else {
-                lost |= self.bits(p);
+                lost |= bits;
             }
         }
         self.forget(lost);
