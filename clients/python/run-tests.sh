@@ -42,7 +42,10 @@ if ! "$python" -c 'import venv, ensurepip' 2>/dev/null; then
 fi
 say "creating a virtualenv in $scratch/venv and installing the package + pytest from PyPI"
 "$python" -m venv "$scratch/venv"
-"$scratch/venv/bin/python" -m pip install --quiet --disable-pip-version-check "$here" pytest
+# Built from a copy, so no build/ or egg-info is left in the source tree.
+mkdir "$scratch/pkg"
+cp -r "$here/pyproject.toml" "$here/README.md" "$here/src" "$scratch/pkg/"
+"$scratch/venv/bin/python" -m pip install --quiet --disable-pip-version-check "$scratch/pkg" pytest
 
 # 2. peagen-worker (and peagenctl for the throughput row).
 worker=${PEAGEN_WORKER_BIN:-$root/target/debug/peagen-worker}

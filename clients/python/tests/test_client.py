@@ -185,6 +185,11 @@ def test_unknown_fields_round_trip(run: Any, fleet: Fleet, redis_url: str) -> No
     dead = {"original_id": "1-0", "task_id": uid("dl"), "reason": "handler_error",
             "error": "e", "attempts": 1, "raw": None, "shard": 3}
     r.xadd("peagen.dead", {"data": json.dumps(dead)})
+    # The prototype dead-letters the task document itself.
+    proto_dead = {"kind": "mutate", "id": uid("protodead"), "payload": {"src": "x"},
+                  "requires": ["llm"], "attempts": 4, "created_at": "2025-05-30T12:00:00Z",
+                  "schema_v": 1}
+    r.xadd("peagen.dead", {"data": json.dumps(proto_dead)})
     r.close()
 
     async def readback(c: Any) -> None:
@@ -196,6 +201,9 @@ def test_unknown_fields_round_trip(run: Any, fleet: Fleet, redis_url: str) -> No
         d = await c.wait_result(dead["task_id"], timeout=10)
         assert isinstance(d, DeadLetter) and d.extra == {"shard": 3}
         assert d.to_dict()["shard"] == 3
+        pd = await c.wait_result(proto_dead["id"], timeout=10)
+        assert isinstance(pd, DeadLetter) and pd.is_prototype and pd.task_id is None, pd
+        assert pd.task().to_dict() == proto_dead
 
     run(readback)
 

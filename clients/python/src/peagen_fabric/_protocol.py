@@ -402,15 +402,31 @@ class DeadLetter:
         return _to_dict(self, ())
 
     @property
+    def is_prototype(self) -> bool:
+        """A letter in the prototype's shape: the task document itself."""
+        return (
+            not self.original_id
+            and not self.reason
+            and isinstance(self.extra.get("id"), str)
+            and "payload" in self.extra
+        )
+
+    @property
     def raw_task_id(self) -> Optional[str]:
-        """`task_id`, or the `id` inside `raw` when the worker could not parse
-        the task (e.g. `too_large`, `invalid`): which task this letter is about."""
+        """Which task this letter is about: `task_id`, else the `id` inside
+        `raw` (the worker could not parse the task, e.g. `too_large`), else
+        the `id` of a prototype-shaped letter."""
         if self.task_id:
             return str(self.task_id)
+        if self.is_prototype:
+            return str(self.extra["id"])
         return task_id_of_raw(self.raw)
 
     def task(self) -> Optional[Task]:
-        """The original task, if `raw` is a JSON object."""
+        """The original task, if `raw` (or a prototype letter) holds one."""
+        if self.is_prototype:
+            d = dict(self.extra, kind=self.kind, attempts=self.attempts)
+            return Task.from_dict(d)
         if self.raw is None:
             return None
         try:
@@ -534,9 +550,7 @@ class DeadIndex:
             d = _load_object(entry_data(fields))
             if d is None:
                 continue
-            tid = d.get("task_id")
-            if not isinstance(tid, str) or not tid:
-                tid = task_id_of_raw(d.get("raw") if isinstance(d.get("raw"), str) else None)
+            tid = DeadLetter.from_dict(d).raw_task_id
             if tid:
                 self._by_task.setdefault(tid, []).append(did)
         return len(page) >= self.PAGE
