@@ -316,3 +316,30 @@ def test_throughput_1000(run: Any, fleet: Fleet, peagenctl_bin: Any, scratch: An
         return row
 
     run(scenario)
+
+
+def test_callers_redis_client_is_used_and_left_open(fleet: Fleet, redis_url: str) -> None:
+    import asyncio
+
+    import redis.asyncio
+
+    from peagen_fabric import AsyncClient, Client
+
+    mine = redis.Redis.from_url(redis_url)
+    c = Client(redis_client=mine)
+    assert c.address == redis_url
+    assert c.wait_result(c.push("echo", {"via": "sync"}), timeout=30).data == {"via": "sync"}
+    c.close()
+    assert mine.ping()
+    mine.close()
+
+    async def main() -> None:
+        amine = redis.asyncio.Redis.from_url(redis_url)
+        ac = AsyncClient(redis_client=amine)
+        r = await ac.wait_result(await ac.push("echo", {"via": "async"}), timeout=30)
+        assert r.data == {"via": "async"}
+        await ac.close()
+        assert await amine.ping()
+        await amine.aclose()
+
+    asyncio.run(main())

@@ -63,6 +63,8 @@ class AsyncClient:
             url, tasks_stream, group, results_stream, dead_stream, poll_interval, redis_client
         )
         self.keys = self._s.keys
+        # Close only a connection pool we made, never the caller's.
+        self._owned = redis_client is None
         if redis_client is None:
             redis_client = redis.asyncio.Redis.from_url(
                 self._s.url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout
@@ -76,6 +78,8 @@ class AsyncClient:
         return self._s.address
 
     async def close(self) -> None:
+        if not self._owned:
+            return
         aclose = getattr(self.redis, "aclose", None)  # redis-py >= 5.0.1
         if aclose is not None:
             await aclose()

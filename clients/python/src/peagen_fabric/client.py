@@ -59,6 +59,8 @@ class Client:
             url, tasks_stream, group, results_stream, dead_stream, poll_interval, redis_client
         )
         self.keys = self._s.keys
+        # Close only a connection pool we made, never the caller's.
+        self._owned = redis_client is None
         if redis_client is None:
             redis_client = redis.Redis.from_url(
                 self._s.url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout
@@ -72,7 +74,8 @@ class Client:
         return self._s.address
 
     def close(self) -> None:
-        self.redis.close()
+        if self._owned:
+            self.redis.close()
 
     def __enter__(self) -> "Client":
         return self
