@@ -34,7 +34,10 @@ trap cleanup EXIT
 if ! "$python" -c 'import venv, ensurepip' 2>/dev/null; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         say "$python has no venv/ensurepip: running apt-get install -y python3-venv"
-        apt-get install -y python3-venv >&2
+        if ! apt-get install -y python3-venv >&2; then
+            say "retrying after apt-get update"
+            apt-get update >&2 && apt-get install -y python3-venv >&2
+        fi
     else
         say "$python cannot create virtualenvs: install python3-venv (apt-get install python3-venv)"
         exit 1
