@@ -8,7 +8,7 @@
 //! `redis::Client` is bound to one address), hence the explicit re-resolve.
 
 use crate::config::RedisConfig;
-use crate::queue::redact;
+use crate::redact::redact;
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::IntoConnectionInfo;
 use tokio::sync::Mutex;

@@ -3,9 +3,11 @@
 //! `attempts_done` counts executions including the one that just ended, so
 //! with `max_attempts = 3` a task runs at most three times.
 //!
-//! [`backoff_ms`] says how long a retry waits before it is due again.
+//! [`backoff_ms`] says how long a retry waits before it is due again;
+//! [`is_poison`] and [`reclaim`] decide about entries whose worker crashed
+//! or vanished. The worker and the queue's reclaim only carry them out.
 
-use crate::task::Status;
+use crate::task::{Status, Task};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
@@ -52,6 +54,47 @@ pub fn decide_reclaim(attempts_before: u32, max_attempts: u32) -> Decision {
         attempts_before.saturating_add(1),
         max_attempts,
     )
+}
+
+/// A redelivered entry (found in its worker's own pending list) whose PEL
+/// delivery counter passed `max_attempts + 1` keeps killing its worker:
+/// dead-letter it (reason `poison`) instead of running it again.
+pub fn is_poison(deliveries: u64, max_attempts: u32) -> bool {
+    deliveries > u64::from(max_attempts) + 1
+}
+
+/// What to do with an entry taken back from a dead or vanished worker.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reclaim {
+    /// Re-queue this copy (attempts already counted) at once.
+    Requeue(Box<Task>),
+    /// Dead-letter the entry.
+    DeadLetter { reason: &'static str, error: String },
+}
+
+/// Reclaim decision for an entry holding `task`, or a bad entry (its
+/// dead-letter reason and message). `why` says why it was taken back.
+pub fn reclaim(
+    task: Result<&Task, &(&'static str, String)>,
+    default_max_attempts: u32,
+    why: &str,
+) -> Reclaim {
+    match task {
+        Ok(t) => {
+            let max = t.max_attempts.unwrap_or(default_max_attempts);
+            match decide_reclaim(t.attempts, max) {
+                Decision::Retry => Reclaim::Requeue(Box::new(t.next_attempt())),
+                _ => Reclaim::DeadLetter {
+                    reason: DeadReason::AttemptsExhausted.as_str(),
+                    error: format!("{why}; no attempts left ({max} allowed)"),
+                },
+            }
+        }
+        Err((reason, error)) => Reclaim::DeadLetter {
+            reason,
+            error: error.clone(),
+        },
+    }
 }
 
 /// Upper bound of the delay after the `attempt`-th failed execution (1-based):
@@ -176,6 +219,41 @@ mod tests {
         assert_eq!(
             decide(Status::Error, true, 3, 3),
             Decision::DeadLetter(DeadReason::AttemptsExhausted)
+        );
+    }
+
+    #[test]
+    fn poison_after_max_attempts_plus_one_deliveries() {
+        assert!(!is_poison(4, 3));
+        assert!(is_poison(5, 3));
+        assert!(is_poison(u64::MAX, u32::MAX));
+        assert!(!is_poison(u64::from(u32::MAX) + 1, u32::MAX));
+    }
+
+    #[test]
+    fn reclaim_requeues_or_dead_letters() {
+        let mut t = Task::new("echo", serde_json::json!({}));
+        match reclaim(Ok(&t), 3, "gone") {
+            Reclaim::Requeue(n) => assert_eq!(n.attempts, 1),
+            other => panic!("{other:?}"),
+        }
+        t.attempts = 2;
+        assert_eq!(
+            reclaim(Ok(&t), 3, "gone"),
+            Reclaim::DeadLetter {
+                reason: "attempts_exhausted",
+                error: "gone; no attempts left (3 allowed)".into()
+            }
+        );
+        t.max_attempts = Some(5);
+        assert!(matches!(reclaim(Ok(&t), 3, "gone"), Reclaim::Requeue(_)));
+        let bad = ("malformed", "x".to_string());
+        assert_eq!(
+            reclaim(Err(&bad), 3, "gone"),
+            Reclaim::DeadLetter {
+                reason: "malformed",
+                error: "x".into()
+            }
         );
     }
 
