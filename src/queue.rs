@@ -24,7 +24,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnecti
 use redis::streams::{StreamAutoClaimReply, StreamInfoConsumersReply, StreamInfoGroupsReply};
 use redis::{AsyncConnectionConfig, Value};
 use serde::Serialize;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Mutex, Notify};
@@ -47,14 +47,14 @@ pub type Result<T> = std::result::Result<T, QueueError>;
 
 /// Longest blocking read: a worker promotes due delayed retries between
 /// reads, so this bounds how late a due retry can start on an idle fleet.
-pub const MAX_BLOCK_MS: u64 = 1000;
+pub(crate) const MAX_BLOCK_MS: u64 = 1000;
 
 /// Room for field names and a few small extra fields on top of
 /// `worker.max-payload-bytes` before an entry counts as oversized.
 const ENTRY_OVERHEAD: usize = 4096;
 
 /// Most tasks one `push_many` round trip carries.
-pub const PUSH_BATCH: usize = 1000;
+pub(crate) const PUSH_BATCH: usize = 1000;
 
 /// One stream entry as read by this crate. Reads never copy an entry over
 /// the size limit to the client: such an entry arrives as its size only.
@@ -65,20 +65,20 @@ pub struct Entry {
     pub data: Option<Vec<u8>>,
     /// The entry's size in bytes (names + values) when over the read limit;
     /// its contents were left in Redis.
-    pub oversize: Option<u64>,
+    pub(crate) oversize: Option<u64>,
     /// Names of the fields (lossily decoded, at most 64), for messages.
-    pub fields: Vec<String>,
+    pub(crate) fields: Vec<String>,
     /// How many fields the entry has; 0 for a pending id whose entry was
     /// deleted (Redis has no empty entries).
-    pub field_count: u64,
+    pub(crate) field_count: u64,
     /// Some field name is not UTF-8.
-    pub bad_names: bool,
+    pub(crate) bad_names: bool,
 }
 
 impl Entry {
     /// The task this entry carries, or why it carries none: (dead-letter
     /// reason, message). The one classification of bad entries.
-    pub fn task(&self, limit: usize) -> std::result::Result<Task, (&'static str, String)> {
+    pub(crate) fn task(&self, limit: usize) -> std::result::Result<Task, (&'static str, String)> {
         if let Some(size) = self.oversize {
             let e = TaskError::TooLarge {
                 size: size as usize,
@@ -106,18 +106,18 @@ impl Entry {
     }
 
     /// What can be salvaged from a bad entry (a valid task id, its kind).
-    pub fn known(&self) -> Known {
+    pub(crate) fn known(&self) -> Known {
         self.data.as_deref().map(Known::salvage).unwrap_or_default()
     }
 
     /// The client did not carry this entry's contents: a dead letter keeps
     /// them server-side instead (`orig.<name>` fields).
-    pub fn not_carried(&self) -> bool {
+    pub(crate) fn not_carried(&self) -> bool {
         self.oversize.is_some() || self.bad_names
     }
 
     /// The dead-letter record of this entry.
-    pub fn dead_letter(
+    pub(crate) fn dead_letter(
         &self,
         known: &Known,
         reason: &str,
@@ -407,11 +407,6 @@ impl Queue {
         Ok(q)
     }
 
-    /// Largest `data` a task may have (`worker.max-payload-bytes`).
-    pub fn entry_limit(&self) -> usize {
-        self.entry_limit
-    }
-
     /// An entry's byte budget in reads: the payload limit plus room for names.
     fn read_limit(&self) -> usize {
         self.entry_limit.saturating_add(ENTRY_OVERHEAD)
@@ -425,10 +420,6 @@ impl Queue {
         }
     }
 
-    pub fn config(&self) -> &RedisConfig {
-        &self.cfg
-    }
-
     fn c(&self) -> ConnectionManager {
         self.shared
             .conn
@@ -438,7 +429,7 @@ impl Queue {
     }
 
     /// `XGROUP CREATE tasks group 0 MKSTREAM`, BUSYGROUP ignored.
-    pub async fn ensure_group(&self) -> Result<()> {
+    pub(crate) async fn ensure_group(&self) -> Result<()> {
         let r: redis::RedisResult<()> = redis::cmd("XGROUP")
             .arg("CREATE")
             .arg(&self.cfg.tasks_stream)
@@ -454,20 +445,27 @@ impl Queue {
         }
     }
 
-    pub async fn ping(&self) -> Result<()> {
+    pub(crate) async fn ping(&self) -> Result<()> {
         let _: String = redis::cmd("PING").query_async(&mut self.c()).await?;
         Ok(())
     }
 
-    /// Push a task; returns the stream entry id. Creates the group first so
-    /// no entry is ever written before the group exists.
-    pub async fn push(&self, task: &Task) -> Result<String> {
-        self.push_raw(&task.to_json()).await
-    }
-
     /// Push tasks in one round trip per [`PUSH_BATCH`]; returns their entry
     /// ids in order. Memory stays bounded by the caller's batch.
-    pub async fn push_many(&self, tasks: &[Task]) -> Result<Vec<String>> {
+    /// Push one task document as it is (tests, tools); see [`Queue::push_many`].
+    pub async fn push_raw(&self, data: &str) -> Result<String> {
+        self.ensure_group().await?;
+        let id: String = redis::cmd("XADD")
+            .arg(&self.cfg.tasks_stream)
+            .arg("*")
+            .arg(DATA_FIELD)
+            .arg(data)
+            .query_async(&mut self.c())
+            .await?;
+        Ok(id)
+    }
+
+    pub(crate) async fn push_many(&self, tasks: &[Task]) -> Result<Vec<String>> {
         self.ensure_group().await?;
         let mut ids = Vec::with_capacity(tasks.len());
         for chunk in tasks.chunks(PUSH_BATCH) {
@@ -483,18 +481,6 @@ impl Queue {
             ids.extend(got);
         }
         Ok(ids)
-    }
-
-    pub async fn push_raw(&self, data: &str) -> Result<String> {
-        self.ensure_group().await?;
-        let id: String = redis::cmd("XADD")
-            .arg(&self.cfg.tasks_stream)
-            .arg("*")
-            .arg(DATA_FIELD)
-            .arg(data)
-            .query_async(&mut self.c())
-            .await?;
-        Ok(id)
     }
 
     async fn blocking_conn(&self) -> Result<MultiplexedConnection> {
@@ -610,7 +596,7 @@ impl Queue {
     }
 
     /// Acknowledge a pending id whose entry no longer exists (nothing to do).
-    pub async fn forget(&self, id: &str) -> Result<()> {
+    pub(crate) async fn forget(&self, id: &str) -> Result<()> {
         let _: i64 = redis::cmd("XACK")
             .arg(&self.cfg.tasks_stream)
             .arg(&self.cfg.group)
@@ -622,7 +608,7 @@ impl Queue {
 
     /// How often this entry was delivered (PEL counter), for poison-task
     /// detection after worker crashes.
-    pub async fn delivery_count(&self, id: &str) -> Result<Option<u64>> {
+    pub(crate) async fn delivery_count(&self, id: &str) -> Result<Option<u64>> {
         let v: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
             .arg(&self.cfg.tasks_stream)
             .arg(&self.cfg.group)
@@ -636,7 +622,7 @@ impl Queue {
 
     /// Keep an entry we are working on from looking orphaned (resets idle
     /// time, not the delivery counter).
-    pub async fn heartbeat(&self, consumer: &str, id: &str) -> Result<()> {
+    pub(crate) async fn heartbeat(&self, consumer: &str, id: &str) -> Result<()> {
         let _: Value = redis::cmd("XCLAIM")
             .arg(&self.cfg.tasks_stream)
             .arg(&self.cfg.group)
@@ -679,7 +665,7 @@ impl Queue {
 
     /// Acknowledge a finished entry, recording `result_json` in the results
     /// stream unless a result for `task_id` already exists (idempotent).
-    pub async fn complete(
+    pub(crate) async fn complete(
         &self,
         entry_id: &str,
         owner: &str,
@@ -748,7 +734,7 @@ impl Queue {
     /// result when one is given and the task id is known), atomically with
     /// its ack. `keep_fields`: the script copies the entry's own fields into
     /// the dead letter (`orig.<name>`), for entries this client never carried.
-    pub async fn dead_letter(
+    pub(crate) async fn dead_letter(
         &self,
         entry_id: &str,
         owner: &str,
@@ -769,7 +755,7 @@ impl Queue {
 
     /// Add a record to the results stream without indexing it (used for
     /// error records about a failing result backend: not a final result).
-    pub async fn publish_result_unindexed(&self, json: &str) -> Result<()> {
+    pub(crate) async fn publish_result_unindexed(&self, json: &str) -> Result<()> {
         let _: String = redis::cmd("XADD")
             .arg(&self.cfg.results_stream)
             .arg("*")
@@ -781,7 +767,7 @@ impl Queue {
     }
 
     /// The final result record of a task, if one was written to the stream.
-    pub async fn get_result(&self, task_id: &str) -> Result<Option<String>> {
+    pub(crate) async fn get_result(&self, task_id: &str) -> Result<Option<String>> {
         let rid: Option<String> = redis::cmd("HGET")
             .arg(self.cfg.results_index())
             .arg(task_id)
@@ -797,7 +783,7 @@ impl Queue {
 
     /// XRANGE through the read script: entries of the tasks stream over the
     /// size limit come back as their size only (see [`Entry`]).
-    pub async fn range(
+    pub(crate) async fn range(
         &self,
         stream: &str,
         start: &str,
@@ -839,7 +825,7 @@ impl Queue {
     }
 
     /// Pending entries of one consumer (ids only), oldest first.
-    pub async fn pending_ids_of(&self, consumer: &str, count: usize) -> Result<Vec<String>> {
+    pub(crate) async fn pending_ids_of(&self, consumer: &str, count: usize) -> Result<Vec<String>> {
         let v: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
             .arg(&self.cfg.tasks_stream)
             .arg(&self.cfg.group)
@@ -853,7 +839,7 @@ impl Queue {
     }
 
     /// Task id of the oldest entry `consumer` holds (its current task).
-    pub async fn current_task_of(&self, consumer: &str) -> Result<Option<String>> {
+    pub(crate) async fn current_task_of(&self, consumer: &str) -> Result<Option<String>> {
         let Some(eid) = self.pending_ids_of(consumer, 1).await?.into_iter().next() else {
             return Ok(None);
         };
@@ -1005,7 +991,7 @@ impl Queue {
     }
 
     /// Delete `consumer` if it has no pending entries. Returns true if deleted.
-    pub async fn delete_consumer_if_empty(&self, consumer: &str) -> Result<bool> {
+    pub(crate) async fn delete_consumer_if_empty(&self, consumer: &str) -> Result<bool> {
         let r: i64 = self
             .delconsumer_script
             .key(&self.cfg.tasks_stream)
@@ -1016,7 +1002,7 @@ impl Queue {
         Ok(r >= 0)
     }
 
-    pub async fn consumers(&self) -> Result<Vec<ConsumerInfo>> {
+    pub(crate) async fn consumers(&self) -> Result<Vec<ConsumerInfo>> {
         let r: redis::RedisResult<StreamInfoConsumersReply> = redis::cmd("XINFO")
             .arg("CONSUMERS")
             .arg(&self.cfg.tasks_stream)
@@ -1121,7 +1107,7 @@ impl Queue {
 
     /// Unfinished tasks (backlog + in flight) by kind, scanning at most
     /// `limit` entries. Unparsable entries count as kind `invalid`.
-    pub async fn pending_by_kind(&self, limit: usize) -> Result<BTreeMap<String, u64>> {
+    pub(crate) async fn pending_by_kind(&self, limit: usize) -> Result<BTreeMap<String, u64>> {
         let mut out = BTreeMap::new();
         for e in self.range(&self.cfg.tasks_stream, "-", "+", limit).await? {
             let kind = e
@@ -1136,7 +1122,7 @@ impl Queue {
     }
 
     /// `MEMORY USAGE` of a key in bytes (0 if absent).
-    pub async fn memory_usage(&self, key: &str) -> Result<u64> {
+    pub(crate) async fn memory_usage(&self, key: &str) -> Result<u64> {
         let v: Option<u64> = redis::cmd("MEMORY")
             .arg("USAGE")
             .arg(key)
@@ -1146,7 +1132,7 @@ impl Queue {
     }
 
     /// Dead letters, oldest first: (dead entry id, record).
-    pub async fn dlq_list(&self, count: usize) -> Result<Vec<(String, serde_json::Value)>> {
+    pub(crate) async fn dlq_list(&self, count: usize) -> Result<Vec<(String, serde_json::Value)>> {
         let mut out = Vec::new();
         let mut start = "-".to_string();
         while out.len() < count {
@@ -1177,7 +1163,10 @@ impl Queue {
     /// Move one dead letter back to the tasks stream as a fresh attempt
     /// series (`attempts` reset to 0). Errors if its original data is not a
     /// valid task (it would only be dead-lettered again).
-    pub async fn dlq_retry(&self, dead_id: &str) -> Result<std::result::Result<String, String>> {
+    pub(crate) async fn dlq_retry(
+        &self,
+        dead_id: &str,
+    ) -> Result<std::result::Result<String, String>> {
         if !valid_stream_id(dead_id) {
             return Ok(Err(format!(
                 "{dead_id:?} is not a dead-letter id (expected <ms>-<seq>, as `peagenctl queue dlq list` shows)"
@@ -1228,7 +1217,7 @@ impl Queue {
     /// Add counter deltas to the fields of a hash in one MULTI/EXEC pipeline
     /// (all applied or none): `HINCRBY` for integers, `HINCRBYFLOAT` for
     /// floats. An increment of 0 creates the field.
-    pub async fn hash_incr(
+    pub(crate) async fn hash_incr(
         &self,
         key: &str,
         ints: &[(String, i64)],
@@ -1247,21 +1236,11 @@ impl Queue {
     }
 
     /// HGETALL of a hash (empty when the key does not exist).
-    pub async fn hash_all(&self, key: &str) -> Result<BTreeMap<String, String>> {
+    pub(crate) async fn hash_all(&self, key: &str) -> Result<BTreeMap<String, String>> {
         Ok(redis::cmd("HGETALL")
             .arg(key)
             .query_async(&mut self.c())
             .await?)
-    }
-
-    /// Live consumer names of the group (for sweeps).
-    pub async fn consumer_names(&self) -> Result<HashSet<String>> {
-        Ok(self
-            .consumers()
-            .await?
-            .into_iter()
-            .map(|c| c.name)
-            .collect())
     }
 }
 

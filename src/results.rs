@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
-pub enum BackendError {
+pub(crate) enum BackendError {
     #[error("cannot save result for task {task_id} in {dir}: {source} (check free space and that the worker user may write there)")]
     Io {
         task_id: String,
@@ -26,14 +26,14 @@ pub enum BackendError {
 /// Where final results go: written inside the finishing script (stream),
 /// or as files before it runs (fs).
 #[derive(Clone)]
-pub enum ResultSink {
+pub(crate) enum ResultSink {
     Stream,
     Fs(Arc<FsBackend>),
 }
 
 /// A result ready for the finishing script.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Prepared {
+pub(crate) enum Prepared {
     /// The record's JSON, for the script to write (stream backend).
     InScript(String),
     /// Already stored by the backend (fs): the script writes no record.
@@ -42,7 +42,7 @@ pub enum Prepared {
 
 impl Prepared {
     /// What to pass to the finishing script as the result record.
-    pub fn script_json(&self) -> Option<&str> {
+    pub(crate) fn script_json(&self) -> Option<&str> {
         match self {
             Prepared::InScript(j) => Some(j),
             Prepared::Stored => None,
@@ -51,7 +51,7 @@ impl Prepared {
 }
 
 impl ResultSink {
-    pub fn from_config(cfg: &crate::config::ResultsConfig) -> Self {
+    pub(crate) fn from_config(cfg: &crate::config::ResultsConfig) -> Self {
         match cfg.backend {
             crate::config::ResultBackendKind::Fs => {
                 ResultSink::Fs(Arc::new(FsBackend::new(cfg.dir.clone())))
@@ -62,7 +62,7 @@ impl ResultSink {
 
     /// Store the record now (fs, off the async threads) or hand its JSON to
     /// the finishing script (stream). An error leaves the task unfinished.
-    pub async fn prepare(&self, record: &ResultRecord) -> Result<Prepared, BackendError> {
+    pub(crate) async fn prepare(&self, record: &ResultRecord) -> Result<Prepared, BackendError> {
         let fs = match self {
             ResultSink::Stream => {
                 let json = serde_json::to_string(record).expect("result serializes");
@@ -88,24 +88,24 @@ impl ResultSink {
 
 /// What a save did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Saved {
+pub(crate) enum Saved {
     Written,
     /// A record for this task id existed already (duplicate delivery).
     AlreadyPresent,
 }
 
-pub struct FsBackend {
+pub(crate) struct FsBackend {
     dir: PathBuf,
 }
 
 impl FsBackend {
-    pub fn new(dir: impl Into<PathBuf>) -> Self {
+    pub(crate) fn new(dir: impl Into<PathBuf>) -> Self {
         FsBackend { dir: dir.into() }
     }
 
     /// The file of a task's result; refuses ids that could name a file
     /// outside the directory (`../x`, `/abs`), whoever passed them in.
-    pub fn path_for(&self, task_id: &str) -> Result<PathBuf, BackendError> {
+    pub(crate) fn path_for(&self, task_id: &str) -> Result<PathBuf, BackendError> {
         crate::task::check_id(task_id).map_err(|source| BackendError::BadId {
             task_id: task_id.to_string(),
             source,
@@ -113,7 +113,7 @@ impl FsBackend {
         Ok(self.dir.join(format!("{task_id}.json")))
     }
 
-    pub fn save(&self, r: &ResultRecord) -> Result<Saved, BackendError> {
+    pub(crate) fn save(&self, r: &ResultRecord) -> Result<Saved, BackendError> {
         let err = |source| BackendError::Io {
             task_id: r.task_id.clone(),
             dir: self.dir.clone(),
@@ -156,7 +156,7 @@ impl FsBackend {
         Ok(Saved::Written)
     }
 
-    pub fn load(&self, task_id: &str) -> Result<Option<String>, BackendError> {
+    pub(crate) fn load(&self, task_id: &str) -> Result<Option<String>, BackendError> {
         match std::fs::read_to_string(self.path_for(task_id)?) {
             Ok(s) => Ok(Some(s)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -168,7 +168,7 @@ impl FsBackend {
         }
     }
 
-    pub fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         &self.dir
     }
 }

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 /// Why the worker stopped (logged and counted as `worker_exit_reason`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExitReason {
+pub(crate) enum ExitReason {
     Idle,
     MaxUptime,
     Signal,
@@ -26,7 +26,7 @@ pub enum ExitReason {
 }
 
 impl ExitReason {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ExitReason::Idle => "idle",
             ExitReason::MaxUptime => "max_uptime",
@@ -42,13 +42,13 @@ impl ExitReason {
 /// [`crate::queue::MAX_BLOCK_MS`], so a due retry waits about a second at most.
 const PROMOTE_EVERY: Duration = Duration::from_millis(250);
 /// Most delayed retries one promotion moves (the next one takes the rest).
-pub const PROMOTE_BATCH: usize = 100;
+pub(crate) const PROMOTE_BATCH: usize = 100;
 
 /// How often a worker refreshes the idle time of the entry it works on, so
 /// the spawner's orphan sweep never takes healthy long-running work.
 const HEARTBEAT: Duration = Duration::from_secs(15);
 
-pub struct Worker {
+pub(crate) struct Worker {
     cfg: Config,
     queue: Arc<Queue>,
     handlers: Registry,
@@ -64,7 +64,7 @@ pub struct Worker {
 
 /// What happened to one entry (for logs and tests).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Handled {
+pub(crate) enum Handled {
     Completed,
     Retried,
     DeadLettered(String),
@@ -74,7 +74,7 @@ pub enum Handled {
     Lost,
 }
 
-pub fn make_worker_id(configured: &str) -> String {
+pub(crate) fn make_worker_id(configured: &str) -> String {
     if configured.is_empty() {
         let u = uuid::Uuid::new_v4().simple().to_string();
         format!("{}-{}", crate::telemetry::hostname(), &u[..12])
@@ -84,7 +84,7 @@ pub fn make_worker_id(configured: &str) -> String {
 }
 
 impl Worker {
-    pub fn new(
+    pub(crate) fn new(
         cfg: Config,
         queue: Arc<Queue>,
         metrics: WorkerMetrics,
@@ -106,7 +106,7 @@ impl Worker {
         }
     }
 
-    pub fn id(&self) -> &str {
+    pub(crate) fn id(&self) -> &str {
         &self.id
     }
 
@@ -125,7 +125,7 @@ impl Worker {
 
     /// Run until idle, max uptime or a signal. Redis outages are waited out
     /// with backoff; nothing is acknowledged that was not finished.
-    pub async fn run(&mut self) -> ExitReason {
+    pub(crate) async fn run(&mut self) -> ExitReason {
         let started = Instant::now();
         let mut last_activity = Instant::now();
         let mut last_pel_check = Instant::now();
@@ -267,7 +267,7 @@ impl Worker {
 
     /// Re-read and process this consumer's pending entries. Returns how many
     /// were finished (entries left pending on purpose do not count).
-    pub async fn drain_own_pel(&mut self) -> Result<usize, QueueError> {
+    pub(crate) async fn drain_own_pel(&mut self) -> Result<usize, QueueError> {
         let mut n = 0;
         let mut seen = std::collections::HashSet::new();
         loop {
@@ -292,7 +292,7 @@ impl Worker {
     }
 
     /// Process one entry end to end. Never panics on bad input.
-    pub async fn handle(&mut self, e: Entry, redelivered: bool) -> Handled {
+    pub(crate) async fn handle(&mut self, e: Entry, redelivered: bool) -> Handled {
         let id = e.id.clone();
         let h = self.handle_entry(e, redelivered).await;
         if h == Handled::LeftPending {
@@ -694,10 +694,10 @@ impl Worker {
 }
 
 /// How often a worker flushes its counter deltas to the host's Redis hash.
-pub const FLEET_FLUSH_EVERY: Duration = Duration::from_secs(5);
+pub(crate) const FLEET_FLUSH_EVERY: Duration = Duration::from_secs(5);
 
 /// Refresh `queue_pending_total{kind}` periodically (bounded scan).
-pub async fn pending_gauge_loop(queue: Arc<Queue>, m: WorkerMetrics, every: Duration) {
+pub(crate) async fn pending_gauge_loop(queue: Arc<Queue>, m: WorkerMetrics, every: Duration) {
     loop {
         if let Ok(by_kind) = queue.pending_by_kind(10_000).await {
             crate::metrics::set_by_kind(&m.queue_pending, by_kind);
@@ -839,7 +839,7 @@ async fn async_main(cfg: Config) -> i32 {
 }
 
 /// SIGTERM/SIGINT flip the shutdown flag once; the loops drain and exit.
-pub fn spawn_signal_listener(tx: watch::Sender<bool>) {
+pub(crate) fn spawn_signal_listener(tx: watch::Sender<bool>) {
     use tokio::signal::unix::{signal, SignalKind};
     tokio::spawn(async move {
         let (Ok(mut term), Ok(mut int)) = (
