@@ -125,34 +125,54 @@ fn field_names_that_are_not_utf8_are_dead_lettered_and_stats_keep_working() {
         "peagen.tasks",
         ">",
     ]);
+    // One held by a consumer that stopped heart-beating (the XAUTOCLAIM sweep).
+    cli_bytes(&r, &[b"XADD", b"peagen.tasks", b"*", b"\xfe", b"y"]);
+    r.cli(&[
+        "XREADGROUP",
+        "GROUP",
+        "peagen",
+        "stuck",
+        "COUNT",
+        "1",
+        "STREAMS",
+        "peagen.tasks",
+        ">",
+    ]);
     cli_bytes(&r, &[b"XADD", b"peagen.tasks", b"*", b"\xc3\x28", b"x"]);
 
     // The operator's views work while they exist (they exited 69 before).
     let (code, out, err) = ctl_code(&r, &cfg, &["queue", "stats", "--json"]);
     assert_eq!(code, Some(0), "{err}");
     let st: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(st["length"], 2);
-    assert_eq!(st["by_kind"]["invalid"], 1, "{st}");
+    assert_eq!(st["length"], 3);
+    assert_eq!(st["by_kind"]["invalid"], 2, "{st}");
     // (Lists the queue's consumers when systemd is not reachable.)
     let (code, _, err) = ctl_code(&r, &cfg, &["workers", "--json"]);
     assert_eq!(code, Some(0), "{err}");
 
     // The spawner's reclaim of the dead consumer dead-letters its entry.
-    let rep = rt().block_on(async {
+    let (rep, swept) = rt().block_on(async {
         let mut c = peagen_fabric::config::Config::load(Some(&cfg)).unwrap();
         c.redis.url = r.url();
         let q = peagen_fabric::queue::Queue::connect_for(&c).await.unwrap();
-        q.requeue_consumer("ghost", 3, "worker unit gone", "test-host")
+        let rep = q
+            .requeue_consumer("ghost", 3, "worker unit gone", "test-host")
             .await
-            .unwrap()
+            .unwrap();
+        let swept = q
+            .autoclaim_orphans("sweeper", 0, 3, "test-host")
+            .await
+            .unwrap();
+        (rep, swept)
     });
     assert_eq!(rep.dead_lettered, 1, "{rep:?}");
+    assert_eq!(swept.dead_lettered, 1, "{swept:?}");
 
     // A worker dead-letters the other one and keeps going.
     let _w = WorkerProc::start(&r, &cfg, "w-names", &[]);
     push(&r, &cfg, "echo", "after-names");
-    eventually(LONG, "both dead-lettered", || {
-        r.int(&["XLEN", "peagen.dead"]) == 2
+    eventually(LONG, "all three dead-lettered", || {
+        r.int(&["XLEN", "peagen.dead"]) == 3
     });
     eventually(LONG, "good task done", || {
         r.int(&["HEXISTS", "peagen.results.index", "after-names"]) == 1
@@ -174,7 +194,7 @@ fn field_names_that_are_not_utf8_are_dead_lettered_and_stats_keep_working() {
     assert_eq!(res["status"], "error");
     // Nothing is lost: the original fields travel with the dead letter.
     let raw = raw_entries(&r, "peagen.dead");
-    let names: Vec<Vec<u8>> = raw[1].1.iter().map(|(n, _)| n.clone()).collect();
+    let names: Vec<Vec<u8>> = raw[2].1.iter().map(|(n, _)| n.clone()).collect();
     assert!(names.contains(&b"orig.\xc3\x28".to_vec()), "{names:?}");
     let (code, _, err) = ctl_code(&r, &cfg, &["queue", "dlq", "list"]);
     assert_eq!(code, Some(0), "{err}");
