@@ -80,13 +80,11 @@ impl Entry {
     /// reason, message). The one classification of bad entries.
     pub(crate) fn task(&self, limit: usize) -> std::result::Result<Task, (&'static str, String)> {
         if let Some(size) = self.oversize {
-            let e = TaskError::TooLarge {
-                size: size as usize,
-                limit,
-            };
             return Err((
-                e.code(),
-                format!("{e}; not read, its fields are kept in the dead letter as orig.<name>"),
+                TaskError::TooLarge { size: 0, limit }.code(),
+                format!(
+                    "the entry is {size} bytes, over the limit of {limit} (worker.max-payload-bytes); not read: its fields are kept in the dead letter as orig.<name>"
+                ),
             ));
         }
         if self.bad_names {

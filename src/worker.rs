@@ -22,6 +22,11 @@ pub(crate) enum ExitReason {
     Idle,
     MaxUptime,
     Signal,
+    /// Gave up (exit status 1), only when `worker.idle-exit-secs` is set:
+    /// entries it could not finish because the result backend kept failing
+    /// for twice that budget (counted in the fleet hash, Redis is up), or
+    /// Redis unusable for that long (exit status only: the count cannot
+    /// reach Redis).
     Error,
 }
 
