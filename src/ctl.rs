@@ -1,6 +1,8 @@
 //! `peagenctl`: the operator's CLI. Every listing has `--json` for scripts;
-//! exit codes: 0 ok, 1 not found / failed, 65 bad input, 69 Redis
-//! unavailable, 78 config error.
+//! exit codes: 0 ok, 1 not found / failed, 64 usage (e.g. `--count` out of
+//! range), 65 bad input (a task over the payload limit, an id that is not a
+//! task id, dead letters that could not be retried: each is reported and the
+//! others still processed), 69 Redis unavailable, 78 config error.
 
 use crate::config::{Config, ResultBackendKind};
 use crate::exit;
