@@ -433,17 +433,31 @@ fn no_code_path_prints_the_redis_password() {
     let (code, text) = run("peagenctl", &unix, &["config", "show"], &[]);
     assert_eq!(code, Some(0));
     assert!(!text.contains("SECRET-D"), "{text}");
-    // The worker gives up after its idle budget (an error exit, item below).
-    let (code, text) = run(
-        "peagen-worker",
-        &unix,
-        &[],
-        &[
-            ("WORKER_IDLE_EXIT", "1"),
-            ("RUST_LOG", "debug"),
-            ("PEAGEN_LOG_FORMAT", "text"),
-        ],
-    );
+    // Unreachable for longer than its idle budget, the worker exits with an
+    // error (status 1) instead of waiting forever; its log shows no secret.
+    let log = dir.path().join("worker.log");
+    let mut w = Command::new(bin("peagen-worker"))
+        .arg("--config")
+        .arg(&unix)
+        .env_remove("PEAGEN_REDIS_URL")
+        .env("WORKER_IDLE_EXIT", "1")
+        .env("RUST_LOG", "debug")
+        .env("PEAGEN_LOG_FORMAT", "text")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut code = None;
+    for _ in 0..600 {
+        if let Some(st) = w.try_wait().unwrap() {
+            code = st.code();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = w.kill();
+    let _ = w.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
     assert_eq!(code, Some(1), "{text}");
     assert!(
         text.contains("none.sock") && !text.contains("SECRET-D"),
