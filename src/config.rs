@@ -513,7 +513,7 @@ impl Config {
         {
             errs.push(format!(
                 "redis.url {:?} must start with redis://, rediss://, redis+unix:// or unix://",
-                r.url
+                crate::redact::redact(&r.url)
             ));
         }
         for (name, v) in [
@@ -549,7 +549,7 @@ impl Config {
             // master is not built in, so refuse rather than silently downgrade.
             errs.push(format!(
                 "redis.url {:?} must be a redis:// URL with redis.sentinel-master (it only supplies the master's password and db; TLS with Sentinel is not supported)",
-                crate::queue::redact(&r.url)
+                crate::redact::redact(&r.url)
             ));
         }
         for s in &r.sentinels {
@@ -557,7 +557,7 @@ impl Config {
             if !s.starts_with("redis://") {
                 errs.push(format!(
                     "redis.sentinels entry {:?} must start with redis://",
-                    crate::queue::redact(s)
+                    crate::redact::redact(s)
                 ));
             }
         }

@@ -1,6 +1,8 @@
 //! `peagenctl`: the operator's CLI. Every listing has `--json` for scripts;
-//! exit codes: 0 ok, 1 not found / failed, 65 bad input, 69 Redis
-//! unavailable, 78 config error.
+//! exit codes: 0 ok, 1 not found / failed, 64 usage (e.g. `--count` out of
+//! range), 65 bad input (a task over the payload limit, an id that is not a
+//! task id, dead letters that could not be retried: each is reported and the
+//! others still processed), 69 Redis unavailable, 78 config error.
 
 use crate::config::{Config, ResultBackendKind};
 use crate::exit;
@@ -78,7 +80,8 @@ pub struct PushArgs {
     /// Read task documents (one JSON object per line) from FILE, or - for stdin.
     #[arg(long, conflicts_with = "kind")]
     pub file: Option<PathBuf>,
-    /// Push N copies (ids suffixed -1..-N when --id is given).
+    /// Push N copies, 1 to 1000000 (ids suffixed -1..-N when --id is given);
+    /// sent in batches of 1000.
     #[arg(long, default_value_t = 1)]
     pub count: u32,
 }
@@ -173,7 +176,13 @@ pub fn cli_main() -> i32 {
                 exit::OK
             }
             ConfigCmd::Show => {
-                print!("{}", toml::to_string_pretty(&cfg).unwrap_or_default());
+                // The URLs may carry the Redis password.
+                let mut shown = cfg.clone();
+                shown.redis.url = crate::redact::redact(&shown.redis.url);
+                for s in &mut shown.redis.sentinels {
+                    *s = crate::redact::redact(s);
+                }
+                print!("{}", toml::to_string_pretty(&shown).unwrap_or_default());
                 exit::OK
             }
         };
@@ -198,7 +207,7 @@ pub fn cli_main() -> i32 {
 }
 
 async fn connect(cfg: &Config) -> Result<Queue, CtlError> {
-    let q = Queue::connect(&cfg.redis).await.map_err(unavailable)?;
+    let q = Queue::connect_for(cfg).await.map_err(unavailable)?;
     q.ping().await.map_err(unavailable)?;
     Ok(q)
 }
@@ -220,86 +229,153 @@ async fn run(cli: Cli, cfg: Config) -> Result<(), CtlError> {
     }
 }
 
-fn build_tasks(a: &PushArgs) -> Result<Vec<Task>, CtlError> {
-    let bad = |m: String| CtlError(exit::DATAERR, m);
-    if let Some(f) = &a.file {
-        let text = if f.as_os_str() == "-" {
-            std::io::read_to_string(std::io::stdin())
-                .map_err(|e| bad(format!("reading stdin: {e}")))?
-        } else {
-            std::fs::read_to_string(f).map_err(|e| bad(format!("reading {}: {e}", f.display())))?
-        };
-        let mut out = Vec::new();
-        for (i, line) in text
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-        {
-            let mut v: Value = serde_json::from_str(line)
-                .map_err(|e| bad(format!("line {}: not JSON: {e}", i + 1)))?;
-            // Fill what producers usually leave out.
-            if let Value::Object(m) = &mut v {
-                let kind = m
-                    .get("kind")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string();
-                m.entry("id")
-                    .or_insert_with(|| Task::new(&kind, json!({})).id.into());
-                m.entry("created_at")
-                    .or_insert_with(|| crate::task::now_prototype().into());
-            }
-            let t: Task = serde_json::from_value(v)
-                .map_err(|e| bad(format!("line {}: not a task: {e}", i + 1)))?;
-            t.check().map_err(|e| bad(format!("line {}: {e}", i + 1)))?;
-            out.push(t);
-        }
-        return Ok(out);
-    }
-    let kind = a.kind.clone().unwrap_or_default();
-    let payload: Value =
-        serde_json::from_str(&a.payload).map_err(|e| bad(format!("--payload is not JSON: {e}")))?;
+/// Most copies one `push --count` makes: far above any real batch, far
+/// below what would exhaust memory or the stream (each copy is built, sent
+/// and forgotten in batches of [`crate::queue::PUSH_BATCH`]).
+pub const MAX_PUSH_COUNT: u32 = 1_000_000;
+
+fn bad(m: String) -> CtlError {
+    CtlError(exit::DATAERR, m)
+}
+
+/// The task documents of `--file` (all read and checked before any push).
+fn file_tasks(f: &std::path::Path) -> Result<Vec<Task>, CtlError> {
+    let text = if f.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).map_err(|e| bad(format!("reading stdin: {e}")))?
+    } else {
+        std::fs::read_to_string(f).map_err(|e| bad(format!("reading {}: {e}", f.display())))?
+    };
     let mut out = Vec::new();
-    for i in 1..=a.count.max(1) {
-        let mut t = Task::new(&kind, payload.clone());
-        if let Some(id) = &a.id {
-            t.id = if a.count > 1 {
-                format!("{id}-{i}")
-            } else {
-                id.clone()
-            };
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let mut v: Value = serde_json::from_str(line)
+            .map_err(|e| bad(format!("line {}: not JSON: {e}", i + 1)))?;
+        // Fill what producers usually leave out.
+        if let Value::Object(m) = &mut v {
+            let kind = m
+                .get("kind")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            m.entry("id")
+                .or_insert_with(|| Task::new(&kind, json!({})).id.into());
+            m.entry("created_at")
+                .or_insert_with(|| crate::task::now_prototype().into());
         }
-        t.requires = a.requires.clone();
-        t.max_attempts = a.max_attempts;
-        t.timeout_ms = a.timeout_ms;
-        t.deadline = a.deadline.clone();
-        t.trace_id = a.trace_id.clone();
-        t.check().map_err(|e| bad(e.to_string()))?;
+        let t: Task = serde_json::from_value(v)
+            .map_err(|e| bad(format!("line {}: not a task: {e}", i + 1)))?;
+        t.check().map_err(|e| bad(format!("line {}: {e}", i + 1)))?;
         out.push(t);
     }
     Ok(out)
 }
 
+/// The `i`-th (1-based) copy of the task the flags describe.
+fn flag_task(a: &PushArgs, payload: &Value, i: u32) -> Result<Task, CtlError> {
+    let kind = a.kind.clone().unwrap_or_default();
+    let mut t = Task::new(&kind, payload.clone());
+    if let Some(id) = &a.id {
+        t.id = if a.count > 1 {
+            format!("{id}-{i}")
+        } else {
+            id.clone()
+        };
+    }
+    t.requires = a.requires.clone();
+    t.max_attempts = a.max_attempts;
+    t.timeout_ms = a.timeout_ms;
+    t.deadline = a.deadline.clone();
+    t.trace_id = a.trace_id.clone();
+    t.check().map_err(|e| bad(e.to_string()))?;
+    Ok(t)
+}
+
+/// Refuse a task every worker would dead-letter as `too_large`.
+fn check_size(t: &Task, limit: usize) -> Result<(), CtlError> {
+    let size = t.to_json().len();
+    if size > limit {
+        return Err(bad(format!(
+            "task {} is {size} bytes, over worker.max-payload-bytes ({limit}): every worker would dead-letter it; send a smaller payload (e.g. a reference to the data) or raise the limit for the whole fleet",
+            t.id
+        )));
+    }
+    Ok(())
+}
+
 async fn push(cfg: &Config, a: PushArgs, as_json: bool) -> Result<(), CtlError> {
-    let tasks = build_tasks(&a)?;
+    let limit = cfg.worker.max_payload_bytes;
+    if a.count == 0 || a.count > MAX_PUSH_COUNT {
+        return Err(CtlError(
+            exit::USAGE,
+            format!("--count must be 1 to {MAX_PUSH_COUNT}, not {}", a.count),
+        ));
+    }
+    // Everything is checked before anything is pushed.
+    let (from_file, payload) = match &a.file {
+        Some(f) => {
+            let tasks = file_tasks(f)?;
+            for t in &tasks {
+                check_size(t, limit)?;
+            }
+            (Some(tasks), Value::Null)
+        }
+        None => {
+            let payload: Value = serde_json::from_str(&a.payload)
+                .map_err(|e| bad(format!("--payload is not JSON: {e}")))?;
+            // Copies differ only in their ids: the first one stands for all.
+            check_size(&flag_task(&a, &payload, a.count)?, limit)?;
+            (None, payload)
+        }
+    };
     let q = connect(cfg).await?;
     let mut out = std::io::stdout().lock();
-    for t in tasks {
-        let entry = q.push(&t).await.map_err(unavailable)?;
-        if as_json {
-            let _ = writeln!(
-                out,
-                "{}",
-                json!({"task_id": t.id, "entry_id": entry, "kind": t.kind})
-            );
-        } else {
-            let _ = writeln!(out, "{}", t.id);
+    let mut print = |batch: &[Task], ids: &[String]| {
+        for (t, entry) in batch.iter().zip(ids) {
+            if as_json {
+                let _ = writeln!(
+                    out,
+                    "{}",
+                    json!({"task_id": t.id, "entry_id": entry, "kind": t.kind})
+                );
+            } else {
+                let _ = writeln!(out, "{}", t.id);
+            }
+        }
+    };
+    match from_file {
+        Some(tasks) => {
+            for chunk in tasks.chunks(crate::queue::PUSH_BATCH) {
+                let ids = q.push_many(chunk).await.map_err(unavailable)?;
+                print(chunk, &ids);
+            }
+        }
+        None => {
+            let mut i = 1u32;
+            while i <= a.count {
+                let end = a
+                    .count
+                    .min(i.saturating_add(crate::queue::PUSH_BATCH as u32 - 1));
+                let batch = (i..=end)
+                    .map(|n| flag_task(&a, &payload, n))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let ids = q.push_many(&batch).await.map_err(unavailable)?;
+                print(&batch, &ids);
+                i = end.saturating_add(1);
+                if end == a.count {
+                    break;
+                }
+            }
         }
     }
     Ok(())
 }
 
 async fn task_get(cfg: &Config, id: &str, wait: u64, as_json: bool) -> Result<(), CtlError> {
+    // The same rule as for the ids workers accept: an id is never a path.
+    crate::task::check_id(id).map_err(|e| bad(format!("not a task id {id:?}: {e}")))?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait);
     let fs = (cfg.results.backend == ResultBackendKind::Fs)
         .then(|| crate::results::FsBackend::new(cfg.results.dir.clone()));
@@ -438,7 +514,16 @@ async fn dlq(cfg: &Config, cmd: DlqCmd, as_json: bool) -> Result<(), CtlError> {
             };
             let mut failed = 0;
             for id in ids {
-                match q.dlq_retry(&id).await.map_err(unavailable)? {
+                // A Redis error about this id (not the connection) fails this
+                // id only; the others are still tried.
+                let r = match q.dlq_retry(&id).await {
+                    Ok(r) => r,
+                    Err(crate::queue::QueueError::Redis(e)) if e.code() == Some("ERR") => {
+                        Err(format!("dead letter {id}: Redis refused it: {e}"))
+                    }
+                    Err(e) => return Err(unavailable(e)),
+                };
+                match r {
                     Ok(new) => {
                         if as_json {
                             println!("{}", json!({"dead_id": id, "requeued_as": new}));
@@ -454,7 +539,7 @@ async fn dlq(cfg: &Config, cmd: DlqCmd, as_json: bool) -> Result<(), CtlError> {
             }
             if failed > 0 {
                 return Err(CtlError(
-                    exit::FAILURE,
+                    exit::DATAERR,
                     format!("{failed} dead letter(s) not retried"),
                 ));
             }

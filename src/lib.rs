@@ -4,6 +4,7 @@
 //! the `*::main` functions here. `unsafe` lives only in [`sandbox`].
 #![deny(unsafe_code)]
 
+pub(crate) mod backoff;
 pub mod config;
 pub mod ctl;
 pub mod exit;
@@ -11,6 +12,7 @@ pub mod handlers;
 pub mod metrics;
 pub mod policy;
 pub mod queue;
+pub(crate) mod redact;
 pub mod redis_target;
 pub mod results;
 pub mod retry;

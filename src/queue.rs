@@ -14,17 +14,17 @@
 //! - With Redis Sentinel all connections point at one resolved master and
 //!   move together when a failover names another (see `redis_target`).
 
-use crate::config::RedisConfig;
+use crate::config::{Config, RedisConfig};
+use crate::redact::redact;
 use crate::redis_target::{suggests_failover, Target};
-use crate::task::{DeadLetter, Task, DATA_FIELD};
+use crate::results::ResultSink;
+use crate::retry::Reclaim;
+use crate::task::{Actor, DeadLetter, Known, ResultRecord, Task, TaskError, DATA_FIELD};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::streams::{
-    StreamAutoClaimReply, StreamId, StreamInfoConsumersReply, StreamInfoGroupsReply,
-    StreamReadReply,
-};
+use redis::streams::{StreamAutoClaimReply, StreamInfoConsumersReply, StreamInfoGroupsReply};
 use redis::{AsyncConnectionConfig, Value};
 use serde::Serialize;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Mutex, Notify};
@@ -47,33 +47,185 @@ pub type Result<T> = std::result::Result<T, QueueError>;
 
 /// Longest blocking read: a worker promotes due delayed retries between
 /// reads, so this bounds how late a due retry can start on an idle fleet.
-pub const MAX_BLOCK_MS: u64 = 1000;
+pub(crate) const MAX_BLOCK_MS: u64 = 1000;
 
-/// One stream entry as read from the tasks stream.
-#[derive(Debug, Clone)]
+/// Room for field names and a few small extra fields on top of
+/// `worker.max-payload-bytes` before an entry counts as oversized.
+const ENTRY_OVERHEAD: usize = 4096;
+
+/// Most tasks one `push_many` round trip carries.
+pub(crate) const PUSH_BATCH: usize = 1000;
+
+/// One stream entry as read by this crate. Reads never copy an entry over
+/// the size limit to the client: such an entry arrives as its size only.
+#[derive(Debug, Clone, Default)]
 pub struct Entry {
     pub id: String,
-    /// The `data` field's bytes, if the entry has one.
+    /// The `data` field's bytes, if the entry has one and was carried.
     pub data: Option<Vec<u8>>,
-    /// Names of all fields (for the dead-letter reason of a bad entry).
-    pub fields: Vec<String>,
+    /// The entry's size in bytes (names + values) when over the read limit;
+    /// its contents were left in Redis.
+    pub(crate) oversize: Option<u64>,
+    /// Names of the fields (lossily decoded, at most 64), for messages.
+    pub(crate) fields: Vec<String>,
+    /// How many fields the entry has; 0 for a pending id whose entry was
+    /// deleted (Redis has no empty entries).
+    pub(crate) field_count: u64,
+    /// Some field name is not UTF-8.
+    pub(crate) bad_names: bool,
 }
 
 impl Entry {
-    fn from_stream_id(s: StreamId) -> Self {
-        let mut fields: Vec<String> = s.map.keys().cloned().collect();
-        fields.sort();
-        let data = s.map.get(DATA_FIELD).and_then(|v| match v {
-            Value::BulkString(b) => Some(b.clone()),
-            Value::SimpleString(s) => Some(s.clone().into_bytes()),
-            _ => None,
-        });
-        Entry {
-            id: s.id,
-            data,
-            fields,
+    /// The task this entry carries, or why it carries none: (dead-letter
+    /// reason, message). The one classification of bad entries.
+    pub(crate) fn task(&self, limit: usize) -> std::result::Result<Task, (&'static str, String)> {
+        if let Some(size) = self.oversize {
+            return Err((
+                TaskError::TooLarge { size: 0, limit }.code(),
+                format!(
+                    "the entry is {size} bytes, over the limit of {limit} (worker.max-payload-bytes); not read: its fields are kept in the dead letter as orig.<name>"
+                ),
+            ));
+        }
+        if self.bad_names {
+            return Err((
+                "field_not_utf8",
+                format!(
+                    "a field name is not UTF-8 (fields: {}); the fields are kept in the dead letter as orig.<name>",
+                    self.fields.join(",")
+                ),
+            ));
+        }
+        let Some(data) = self.data.as_deref() else {
+            let e = TaskError::NoData(self.fields.join(","));
+            return Err((e.code(), e.to_string()));
+        };
+        Task::parse(data, limit).map_err(|e| (e.code(), e.to_string()))
+    }
+
+    /// What can be salvaged from a bad entry (a valid task id, its kind).
+    pub(crate) fn known(&self) -> Known {
+        self.data.as_deref().map(Known::salvage).unwrap_or_default()
+    }
+
+    /// The client did not carry this entry's contents: a dead letter keeps
+    /// them server-side instead (`orig.<name>` fields).
+    pub(crate) fn not_carried(&self) -> bool {
+        self.oversize.is_some() || self.bad_names
+    }
+
+    /// The dead-letter record of this entry.
+    pub(crate) fn dead_letter(
+        &self,
+        known: &Known,
+        reason: &str,
+        error: String,
+        attempts: u32,
+        by: &Actor,
+    ) -> DeadLetter {
+        DeadLetter::new(
+            &self.id,
+            self.data.as_deref(),
+            known,
+            reason,
+            error,
+            attempts,
+            by,
+        )
+    }
+
+    /// From the read script's `{id, field count, names, data|size|false}`.
+    fn from_script(v: Value) -> Result<Entry> {
+        let bad = || QueueError::Protocol("read script: unexpected entry shape".into());
+        let Value::Array(parts) = v else {
+            return Err(bad());
+        };
+        let mut it = parts.into_iter();
+        let (Some(id), Some(Value::Int(n)), Some(Value::Array(names)), data) =
+            (it.next(), it.next(), it.next(), it.next())
+        else {
+            return Err(bad());
+        };
+        let mut e = Entry {
+            id: text(id).ok_or_else(bad)?,
+            field_count: n.max(0) as u64,
+            ..Default::default()
+        };
+        for name in names {
+            e.add_name(bytes(name).ok_or_else(bad)?);
+        }
+        match data {
+            Some(Value::Int(size)) => e.oversize = Some(size.max(0) as u64),
+            Some(Value::Nil) | None => {}
+            Some(v) => e.data = Some(bytes(v).ok_or_else(bad)?),
+        }
+        Ok(e)
+    }
+
+    /// From a plain `[id, [name, value, ...]]` (the blocking read), taking
+    /// the values without copying and dropping them at once when the entry
+    /// is over `limit`.
+    fn from_plain(v: Value, limit: usize) -> Result<Entry> {
+        let bad = || QueueError::Protocol("XREADGROUP: unexpected entry shape".into());
+        let Value::Array(parts) = v else {
+            return Err(bad());
+        };
+        let mut it = parts.into_iter();
+        let mut e = Entry {
+            id: it.next().and_then(text).ok_or_else(bad)?,
+            ..Default::default()
+        };
+        let fields = match it.next() {
+            Some(Value::Array(f)) => f,
+            Some(Value::Map(m)) => m.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+            _ => Vec::new(), // deleted while pending
+        };
+        let mut size = 0usize;
+        let mut f = fields.into_iter();
+        while let (Some(name), Some(value)) = (f.next(), f.next()) {
+            let name = bytes(name).ok_or_else(bad)?;
+            let value = bytes(value).ok_or_else(bad)?;
+            size = size.saturating_add(name.len() + value.len());
+            e.field_count += 1;
+            let is_data = name == DATA_FIELD.as_bytes() && e.data.is_none();
+            e.add_name(name);
+            if is_data {
+                e.data = Some(value);
+            }
+        }
+        if size > limit {
+            e.data = None;
+            e.oversize = Some(size as u64);
+        }
+        Ok(e)
+    }
+
+    fn add_name(&mut self, name: Vec<u8>) {
+        if self.fields.len() >= 64 {
+            return;
+        }
+        match String::from_utf8(name) {
+            Ok(s) => self.fields.push(s),
+            Err(e) => {
+                self.bad_names = true;
+                self.fields
+                    .push(String::from_utf8_lossy(e.as_bytes()).into_owned());
+            }
         }
     }
+}
+
+/// A bulk or simple string reply as bytes (moved, not copied).
+fn bytes(v: Value) -> Option<Vec<u8>> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.into_bytes()),
+        _ => None,
+    }
+}
+
+fn text(v: Value) -> Option<String> {
+    bytes(v).and_then(|b| String::from_utf8(b).ok())
 }
 
 /// Outcome of the atomic move script.
@@ -143,84 +295,13 @@ impl ReclaimReport {
     }
 }
 
-/// KEYS: tasks, target, results, index.
-/// ARGV: group, entry id, owner ('' = any), target data ('' = none),
-///       task id, result json ('' = none).
-/// Returns 1 moved, 0 not pending, -1 pending for another consumer.
-const MOVE_SCRIPT: &str = r#"
-local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
-if #p == 0 then return 0 end
-if ARGV[3] ~= '' and p[1][2] ~= ARGV[3] then return -1 end
-if ARGV[6] ~= '' and redis.call('HEXISTS', KEYS[4], ARGV[5]) == 0 then
-  local rid = redis.call('XADD', KEYS[3], '*', 'data', ARGV[6])
-  redis.call('HSET', KEYS[4], ARGV[5], rid)
-end
-if ARGV[4] ~= '' then redis.call('XADD', KEYS[2], '*', 'data', ARGV[4]) end
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-redis.call('XDEL', KEYS[1], ARGV[2])
-return 1
-"#;
-
-/// KEYS: tasks, delayed. ARGV: group, entry id, owner ('' = any), task data,
-/// delay ms. Like the move script, for a retry: with a delay the copy goes to
-/// the delayed set, scored by its due time (Redis TIME + delay, in ms), as
-/// `<entry id> <data>` (the unique id keeps equal task documents apart).
-/// Returns 1 moved, 0 not pending, -1 pending for another consumer.
-const RETRY_SCRIPT: &str = r#"
-local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
-if #p == 0 then return 0 end
-if ARGV[3] ~= '' and p[1][2] ~= ARGV[3] then return -1 end
-local delay = tonumber(ARGV[5])
-if delay > 0 then
-  local t = redis.call('TIME')
-  local due = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + delay
-  redis.call('ZADD', KEYS[2], due, ARGV[2] .. ' ' .. ARGV[4])
-else
-  redis.call('XADD', KEYS[1], '*', 'data', ARGV[4])
-end
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-redis.call('XDEL', KEYS[1], ARGV[2])
-return 1
-"#;
-
-/// KEYS: delayed, tasks. ARGV: most members to move. Moves delayed retries
-/// whose due time (Redis TIME) has come to the tasks stream, each XADD with
-/// its ZREM in this one script, so concurrent promoters never double one.
-/// Nothing moves while the tasks stream is missing: an XADD would create it
-/// without the group. A member not in the retry script's format goes to the
-/// stream whole (a worker dead-letters it with its raw text) rather than
-/// blocking the set. Returns how many moved.
-const PROMOTE_SCRIPT: &str = r#"
-if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
-for _, m in ipairs(due) do
-  local sp = string.find(m, ' ', 1, true)
-  local data = m
-  if sp then data = string.sub(m, sp + 1) end
-  redis.call('XADD', KEYS[2], '*', 'data', data)
-  redis.call('ZREM', KEYS[1], m)
-end
-return #due
-"#;
-
-/// KEYS: tasks. ARGV: group, consumer. Deletes the consumer only if it has
-/// nothing pending (otherwise its entries would become unclaimable).
-const DELCONSUMER_SCRIPT: &str = r#"
-local p = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
-if #p > 0 then return -1 end
-return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
-"#;
-
-/// KEYS: dead, tasks, results index. ARGV: dead entry id, task data, task
-/// id. Moves one dead letter back to the tasks stream atomically and forgets
-/// its final error result, so the retry's outcome becomes the final one.
-const DLQ_RETRY_SCRIPT: &str = r#"
-if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then return false end
-redis.call('HDEL', KEYS[3], ARGV[3])
-return redis.call('XADD', KEYS[2], '*', 'data', ARGV[2])
-"#;
+// The Lua scripts; each file starts with its KEYS/ARGV contract.
+const MOVE_SCRIPT: &str = include_str!("queue/move.lua");
+const RETRY_SCRIPT: &str = include_str!("queue/retry.lua");
+const PROMOTE_SCRIPT: &str = include_str!("queue/promote.lua");
+const DELCONSUMER_SCRIPT: &str = include_str!("queue/delconsumer.lua");
+const DLQ_RETRY_SCRIPT: &str = include_str!("queue/dlq_retry.lua");
+const READ_SCRIPT: &str = include_str!("queue/read.lua");
 
 pub struct Queue {
     cfg: RedisConfig,
@@ -233,6 +314,11 @@ pub struct Queue {
     promote_script: redis::Script,
     delconsumer_script: redis::Script,
     dlq_retry_script: redis::Script,
+    read_script: redis::Script,
+    /// Largest entry a read copies to this process (see [`Entry`]).
+    entry_limit: usize,
+    /// Where reclaim writes the error result of a task it dead-letters.
+    results: ResultSink,
 }
 
 /// The connections, swapped together when Sentinel names a new master.
@@ -303,7 +389,25 @@ impl Queue {
             promote_script: redis::Script::new(PROMOTE_SCRIPT),
             delconsumer_script: redis::Script::new(DELCONSUMER_SCRIPT),
             dlq_retry_script: redis::Script::new(DLQ_RETRY_SCRIPT),
+            read_script: redis::Script::new(READ_SCRIPT),
+            entry_limit: crate::config::WorkerConfig::default().max_payload_bytes,
+            results: ResultSink::Stream,
         })
+    }
+
+    /// Connect with the limits and result backend of the whole config: reads
+    /// copy no entry over `worker.max-payload-bytes`, and tasks that reclaim
+    /// dead-letters get their error result in `results.backend`.
+    pub async fn connect_for(cfg: &Config) -> Result<Self> {
+        let mut q = Self::connect(&cfg.redis).await?;
+        q.entry_limit = cfg.worker.max_payload_bytes;
+        q.results = ResultSink::from_config(&cfg.results);
+        Ok(q)
+    }
+
+    /// An entry's byte budget in reads: the payload limit plus room for names.
+    fn read_limit(&self) -> usize {
+        self.entry_limit.saturating_add(ENTRY_OVERHEAD)
     }
 
     /// After an error that may mean a failover, have the follower ask the
@@ -312,10 +416,6 @@ impl Queue {
         if self.follower.is_some() && suggests_failover(e) {
             self.shared.kick.notify_one();
         }
-    }
-
-    pub fn config(&self) -> &RedisConfig {
-        &self.cfg
     }
 
     fn c(&self) -> ConnectionManager {
@@ -327,7 +427,7 @@ impl Queue {
     }
 
     /// `XGROUP CREATE tasks group 0 MKSTREAM`, BUSYGROUP ignored.
-    pub async fn ensure_group(&self) -> Result<()> {
+    pub(crate) async fn ensure_group(&self) -> Result<()> {
         let r: redis::RedisResult<()> = redis::cmd("XGROUP")
             .arg("CREATE")
             .arg(&self.cfg.tasks_stream)
@@ -343,17 +443,14 @@ impl Queue {
         }
     }
 
-    pub async fn ping(&self) -> Result<()> {
+    pub(crate) async fn ping(&self) -> Result<()> {
         let _: String = redis::cmd("PING").query_async(&mut self.c()).await?;
         Ok(())
     }
 
-    /// Push a task; returns the stream entry id. Creates the group first so
-    /// no entry is ever written before the group exists.
-    pub async fn push(&self, task: &Task) -> Result<String> {
-        self.push_raw(&task.to_json()).await
-    }
-
+    /// Push tasks in one round trip per [`PUSH_BATCH`]; returns their entry
+    /// ids in order. Memory stays bounded by the caller's batch.
+    /// Push one task document as it is (tests, tools); see [`Queue::push_many`].
     pub async fn push_raw(&self, data: &str) -> Result<String> {
         self.ensure_group().await?;
         let id: String = redis::cmd("XADD")
@@ -364,6 +461,24 @@ impl Queue {
             .query_async(&mut self.c())
             .await?;
         Ok(id)
+    }
+
+    pub(crate) async fn push_many(&self, tasks: &[Task]) -> Result<Vec<String>> {
+        self.ensure_group().await?;
+        let mut ids = Vec::with_capacity(tasks.len());
+        for chunk in tasks.chunks(PUSH_BATCH) {
+            let mut p = redis::pipe();
+            for t in chunk {
+                p.cmd("XADD")
+                    .arg(&self.cfg.tasks_stream)
+                    .arg("*")
+                    .arg(DATA_FIELD)
+                    .arg(t.to_json());
+            }
+            let got: Vec<String> = p.query_async(&mut self.c()).await?;
+            ids.extend(got);
+        }
+        Ok(ids)
     }
 
     async fn blocking_conn(&self) -> Result<MultiplexedConnection> {
@@ -396,32 +511,70 @@ impl Queue {
     }
 
     /// XREADGROUP for `consumer`. `from_pel` replays the consumer's own
-    /// pending entries (id `0`) instead of blocking for new ones (`>`).
+    /// pending entries (id `0`) instead of waiting for new ones (`>`).
+    ///
+    /// No entry over the size limit is copied here when Redis can check it
+    /// first: the read script (no blocking) returns such an entry as its size.
+    /// Only when nothing is waiting does a blocking `XREADGROUP COUNT 1` wait
+    /// for the next entry (a script cannot block); an oversized entry arriving
+    /// that way is dropped as soon as it is parsed, and the connection that
+    /// carried it is closed so its grown buffer is freed.
     pub async fn read(&self, consumer: &str, count: usize, from_pel: bool) -> Result<Vec<Entry>> {
+        let now = self
+            .read_script_group(consumer, count, if from_pel { "0" } else { ">" })
+            .await;
+        match now {
+            Ok(v) if !v.is_empty() || from_pel => return Ok(v),
+            Ok(_) => {}
+            Err(e) => {
+                if let QueueError::Redis(r) = &e {
+                    self.saw(r);
+                    if r.code() == Some("NOGROUP") {
+                        self.ensure_group().await?;
+                    }
+                }
+                return Err(e);
+            }
+        }
+        self.read_blocking(consumer).await
+    }
+
+    async fn read_script_group(
+        &self,
+        consumer: &str,
+        count: usize,
+        start: &str,
+    ) -> Result<Vec<Entry>> {
+        let v: Value = self
+            .read_script
+            .key(&self.cfg.tasks_stream)
+            .arg(self.read_limit())
+            .arg(count)
+            .arg("group")
+            .arg(&self.cfg.group)
+            .arg(consumer)
+            .arg(start)
+            .invoke_async(&mut self.c())
+            .await?;
+        script_entries(v)
+    }
+
+    async fn read_blocking(&self, consumer: &str) -> Result<Vec<Entry>> {
         let mut conn = self.blocking_conn().await?;
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
             .arg(&self.cfg.group)
             .arg(consumer)
             .arg("COUNT")
-            .arg(count);
-        if !from_pel {
-            cmd.arg("BLOCK").arg(self.cfg.block_ms.min(MAX_BLOCK_MS));
-        }
-        cmd.arg("STREAMS")
+            .arg(1)
+            .arg("BLOCK")
+            .arg(self.cfg.block_ms.min(MAX_BLOCK_MS))
+            .arg("STREAMS")
             .arg(&self.cfg.tasks_stream)
-            .arg(if from_pel { "0" } else { ">" });
-        let r: redis::RedisResult<Option<StreamReadReply>> = cmd.query_async(&mut conn).await;
-        match r {
-            Ok(reply) => Ok(reply
-                .map(|r| {
-                    r.keys
-                        .into_iter()
-                        .flat_map(|k| k.ids)
-                        .map(Entry::from_stream_id)
-                        .collect()
-                })
-                .unwrap_or_default()),
+            .arg(">");
+        let r: redis::RedisResult<Value> = cmd.query_async(&mut conn).await;
+        let reply = match r {
+            Ok(v) => v,
             Err(e) => {
                 // Drop the connection; the next call makes a new one.
                 *self.shared.blocking.lock().await = None;
@@ -429,14 +582,31 @@ impl Queue {
                 if e.code() == Some("NOGROUP") {
                     self.ensure_group().await?;
                 }
-                Err(e.into())
+                return Err(e.into());
             }
+        };
+        let entries = plain_read_entries(reply, self.read_limit())?;
+        if entries.iter().any(|e| e.oversize.is_some()) {
+            // Its read buffer grew to the entry's size and would stay so.
+            *self.shared.blocking.lock().await = None;
         }
+        Ok(entries)
+    }
+
+    /// Acknowledge a pending id whose entry no longer exists (nothing to do).
+    pub(crate) async fn forget(&self, id: &str) -> Result<()> {
+        let _: i64 = redis::cmd("XACK")
+            .arg(&self.cfg.tasks_stream)
+            .arg(&self.cfg.group)
+            .arg(id)
+            .query_async(&mut self.c())
+            .await?;
+        Ok(())
     }
 
     /// How often this entry was delivered (PEL counter), for poison-task
     /// detection after worker crashes.
-    pub async fn delivery_count(&self, id: &str) -> Result<Option<u64>> {
+    pub(crate) async fn delivery_count(&self, id: &str) -> Result<Option<u64>> {
         let v: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
             .arg(&self.cfg.tasks_stream)
             .arg(&self.cfg.group)
@@ -450,7 +620,7 @@ impl Queue {
 
     /// Keep an entry we are working on from looking orphaned (resets idle
     /// time, not the delivery counter).
-    pub async fn heartbeat(&self, consumer: &str, id: &str) -> Result<()> {
+    pub(crate) async fn heartbeat(&self, consumer: &str, id: &str) -> Result<()> {
         let _: Value = redis::cmd("XCLAIM")
             .arg(&self.cfg.tasks_stream)
             .arg(&self.cfg.group)
@@ -465,17 +635,17 @@ impl Queue {
 
     async fn run_move(
         &self,
-        target: &str,
         entry_id: &str,
         owner: &str,
         target_data: &str,
         task_id: &str,
         result: &str,
+        keep_fields: bool,
     ) -> Result<Moved> {
         let r: i64 = self
             .move_script
             .key(&self.cfg.tasks_stream)
-            .key(target)
+            .key(&self.cfg.dead_stream)
             .key(&self.cfg.results_stream)
             .key(self.cfg.results_index())
             .arg(&self.cfg.group)
@@ -484,6 +654,7 @@ impl Queue {
             .arg(target_data)
             .arg(task_id)
             .arg(result)
+            .arg(if keep_fields { "1" } else { "" })
             .invoke_async(&mut self.c())
             .await
             .inspect_err(|e| self.saw(e))?;
@@ -492,7 +663,7 @@ impl Queue {
 
     /// Acknowledge a finished entry, recording `result_json` in the results
     /// stream unless a result for `task_id` already exists (idempotent).
-    pub async fn complete(
+    pub(crate) async fn complete(
         &self,
         entry_id: &str,
         owner: &str,
@@ -502,12 +673,12 @@ impl Queue {
         // No target data is written; the target key is only named (a key of
         // the same hash slot, for Redis Cluster).
         self.run_move(
-            &self.cfg.dead_stream,
             entry_id,
             owner,
             "",
             task_id,
             result_json.unwrap_or(""),
+            false,
         )
         .await
     }
@@ -557,14 +728,17 @@ impl Queue {
             .await?)
     }
 
-    /// Move an entry to the dead-letter stream (and optionally record a final
-    /// error result), atomically with its ack.
-    pub async fn dead_letter(
+    /// Move an entry to the dead-letter stream (and record a final error
+    /// result when one is given and the task id is known), atomically with
+    /// its ack. `keep_fields`: the script copies the entry's own fields into
+    /// the dead letter (`orig.<name>`), for entries this client never carried.
+    pub(crate) async fn dead_letter(
         &self,
         entry_id: &str,
         owner: &str,
         dl: &DeadLetter,
         result_json: Option<&str>,
+        keep_fields: bool,
     ) -> Result<Moved> {
         let data = serde_json::to_string(dl).expect("dead letter serializes");
         let tid = dl.task_id.clone().unwrap_or_default();
@@ -573,13 +747,13 @@ impl Queue {
         } else {
             result_json.unwrap_or("")
         };
-        self.run_move(&self.cfg.dead_stream, entry_id, owner, &data, &tid, result)
+        self.run_move(entry_id, owner, &data, &tid, result, keep_fields)
             .await
     }
 
     /// Add a record to the results stream without indexing it (used for
     /// error records about a failing result backend: not a final result).
-    pub async fn publish_result_unindexed(&self, json: &str) -> Result<()> {
+    pub(crate) async fn publish_result_unindexed(&self, json: &str) -> Result<()> {
         let _: String = redis::cmd("XADD")
             .arg(&self.cfg.results_stream)
             .arg("*")
@@ -591,7 +765,7 @@ impl Queue {
     }
 
     /// The final result record of a task, if one was written to the stream.
-    pub async fn get_result(&self, task_id: &str) -> Result<Option<String>> {
+    pub(crate) async fn get_result(&self, task_id: &str) -> Result<Option<String>> {
         let rid: Option<String> = redis::cmd("HGET")
             .arg(self.cfg.results_index())
             .arg(task_id)
@@ -605,26 +779,51 @@ impl Queue {
             .map(|d| String::from_utf8_lossy(&d).into_owned()))
     }
 
-    pub async fn range(
+    /// XRANGE through the read script: entries of the tasks stream over the
+    /// size limit come back as their size only (see [`Entry`]).
+    pub(crate) async fn range(
         &self,
         stream: &str,
         start: &str,
         end: &str,
         count: usize,
     ) -> Result<Vec<Entry>> {
-        let r: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-            .arg(stream)
+        let limit = if stream == self.cfg.tasks_stream {
+            self.read_limit()
+        } else {
+            // Results and dead letters are written by this crate, and only
+            // their `data` field is ever returned.
+            usize::MAX
+        };
+        self.range_limited(stream, start, end, count, limit).await
+    }
+
+    /// XRANGE returning at most `limit` bytes of each entry (0: ids and
+    /// field names only).
+    async fn range_limited(
+        &self,
+        stream: &str,
+        start: &str,
+        end: &str,
+        count: usize,
+        limit: usize,
+    ) -> Result<Vec<Entry>> {
+        let v: Value = self
+            .read_script
+            .key(stream)
+            // Lua numbers are doubles: 2^53 is "no limit".
+            .arg(limit.min(1 << 53))
+            .arg(count)
+            .arg("range")
             .arg(start)
             .arg(end)
-            .arg("COUNT")
-            .arg(count)
-            .query_async(&mut self.c())
+            .invoke_async(&mut self.c())
             .await?;
-        Ok(r.ids.into_iter().map(Entry::from_stream_id).collect())
+        script_entries(v)
     }
 
     /// Pending entries of one consumer (ids only), oldest first.
-    pub async fn pending_ids_of(&self, consumer: &str, count: usize) -> Result<Vec<String>> {
+    pub(crate) async fn pending_ids_of(&self, consumer: &str, count: usize) -> Result<Vec<String>> {
         let v: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
             .arg(&self.cfg.tasks_stream)
             .arg(&self.cfg.group)
@@ -638,7 +837,7 @@ impl Queue {
     }
 
     /// Task id of the oldest entry `consumer` holds (its current task).
-    pub async fn current_task_of(&self, consumer: &str) -> Result<Option<String>> {
+    pub(crate) async fn current_task_of(&self, consumer: &str) -> Result<Option<String>> {
         let Some(eid) = self.pending_ids_of(consumer, 1).await?.into_iter().next() else {
             return Ok(None);
         };
@@ -696,62 +895,50 @@ impl Queue {
             .next();
         let Some(entry) = entry else {
             // Deleted after being pending: nothing left to redo; clear the PEL.
-            let _: i64 = redis::cmd("XACK")
-                .arg(&self.cfg.tasks_stream)
-                .arg(&self.cfg.group)
-                .arg(id)
-                .query_async(&mut self.c())
-                .await?;
+            self.forget(id).await?;
             rep.vanished += 1;
             return Ok(());
         };
-        let raw = entry
-            .data
-            .as_deref()
-            .map(|d| String::from_utf8_lossy(d).into_owned());
-        let parsed = entry.data.as_deref().map(|d| Task::parse(d, usize::MAX));
-        let dead = |task: Option<&Task>, why: &str, error: String| DeadLetter {
-            original_id: id.to_string(),
-            task_id: task.map(|t| t.id.clone()),
-            kind: task.map(|t| t.kind.clone()),
-            reason: why.to_string(),
-            error,
-            attempts: task.map(|t| t.attempts.saturating_add(1)).unwrap_or(0),
+        let task = entry.task(self.entry_limit);
+        let (reason, error) = match crate::retry::reclaim(task.as_ref(), max_attempts, reason) {
+            Reclaim::Requeue(next) => {
+                // At once: the interruption was the worker's fault, not
+                // a sign of a struggling dependency.
+                let moved = self.retry(id, owner, &next, 0).await?;
+                rep.requeued += u64::from(moved == Moved::Done);
+                tracing::debug!(entry_id = id, consumer = owner, ?moved, "reclaim");
+                return Ok(());
+            }
+            Reclaim::DeadLetter { reason, error } => (reason, error),
+        };
+        let (known, attempts) = match &task {
+            Ok(t) => (Known::of(t), t.attempts.saturating_add(1)),
+            Err(_) => (entry.known(), 0),
+        };
+        let by = Actor {
             worker_id: owner.to_string(),
             host: host.to_string(),
-            dead_at: crate::task::now_rfc3339(),
-            raw: raw.clone(),
+            image_tag: String::new(),
         };
-        // Either a retry copy, or the dead letter to write instead.
-        let dead_letter = match parsed {
-            Some(Ok(task)) => {
-                let max = task.max_attempts.unwrap_or(max_attempts);
-                if crate::retry::decide_reclaim(task.attempts, max) == crate::retry::Decision::Retry
-                {
-                    // At once: the interruption was the worker's fault, not
-                    // a sign of a struggling dependency.
-                    let moved = self.retry(id, owner, &task.next_attempt(), 0).await?;
-                    rep.requeued += u64::from(moved == Moved::Done);
-                    tracing::debug!(entry_id = id, consumer = owner, ?moved, "reclaim");
-                    return Ok(());
+        let result = match known.task_id {
+            Some(_) => {
+                let rec = ResultRecord::dead(&known, reason, &error, attempts, &by);
+                match self.results.prepare(&rec).await {
+                    Ok(p) => p.script_json().map(str::to_string),
+                    Err(e) => {
+                        // Left pending: the next reclaim tries again.
+                        tracing::warn!(entry_id = id, task_id = %rec.task_id, error = %e,
+                            "reclaim: cannot save the error result; entry left pending");
+                        return Ok(());
+                    }
                 }
-                dead(
-                    Some(&task),
-                    "attempts_exhausted",
-                    format!("{reason}; no attempts left ({max} allowed)"),
-                )
             }
-            Some(Err(e)) => dead(None, e.code(), e.to_string()),
-            None => dead(
-                None,
-                "no_data",
-                format!(
-                    "entry has no `data` field (fields: {})",
-                    entry.fields.join(",")
-                ),
-            ),
+            None => None,
         };
-        let moved = self.dead_letter(id, owner, &dead_letter, None).await?;
+        let dl = entry.dead_letter(&known, reason, error, attempts, &by);
+        let moved = self
+            .dead_letter(id, owner, &dl, result.as_deref(), entry.not_carried())
+            .await?;
         rep.dead_lettered += u64::from(moved == Moved::Done);
         tracing::debug!(entry_id = id, consumer = owner, ?moved, "reclaim");
         Ok(())
@@ -802,7 +989,7 @@ impl Queue {
     }
 
     /// Delete `consumer` if it has no pending entries. Returns true if deleted.
-    pub async fn delete_consumer_if_empty(&self, consumer: &str) -> Result<bool> {
+    pub(crate) async fn delete_consumer_if_empty(&self, consumer: &str) -> Result<bool> {
         let r: i64 = self
             .delconsumer_script
             .key(&self.cfg.tasks_stream)
@@ -813,7 +1000,7 @@ impl Queue {
         Ok(r >= 0)
     }
 
-    pub async fn consumers(&self) -> Result<Vec<ConsumerInfo>> {
+    pub(crate) async fn consumers(&self) -> Result<Vec<ConsumerInfo>> {
         let r: redis::RedisResult<StreamInfoConsumersReply> = redis::cmd("XINFO")
             .arg("CONSUMERS")
             .arg(&self.cfg.tasks_stream)
@@ -885,7 +1072,7 @@ impl Queue {
                         const BOUND: usize = 100_000;
                         let after = format!("({}", g.last_delivered_id);
                         let n = self
-                            .range(&cfg.tasks_stream, &after, "+", BOUND)
+                            .range_limited(&cfg.tasks_stream, &after, "+", BOUND, 0)
                             .await?
                             .len() as u64;
                         st.lag = Some(n);
@@ -896,7 +1083,7 @@ impl Queue {
             }
         }
         if let Some(first) = self
-            .range(&cfg.tasks_stream, "-", "+", 1)
+            .range_limited(&cfg.tasks_stream, "-", "+", 1, 0)
             .await?
             .into_iter()
             .next()
@@ -918,7 +1105,7 @@ impl Queue {
 
     /// Unfinished tasks (backlog + in flight) by kind, scanning at most
     /// `limit` entries. Unparsable entries count as kind `invalid`.
-    pub async fn pending_by_kind(&self, limit: usize) -> Result<BTreeMap<String, u64>> {
+    pub(crate) async fn pending_by_kind(&self, limit: usize) -> Result<BTreeMap<String, u64>> {
         let mut out = BTreeMap::new();
         for e in self.range(&self.cfg.tasks_stream, "-", "+", limit).await? {
             let kind = e
@@ -933,7 +1120,7 @@ impl Queue {
     }
 
     /// `MEMORY USAGE` of a key in bytes (0 if absent).
-    pub async fn memory_usage(&self, key: &str) -> Result<u64> {
+    pub(crate) async fn memory_usage(&self, key: &str) -> Result<u64> {
         let v: Option<u64> = redis::cmd("MEMORY")
             .arg("USAGE")
             .arg(key)
@@ -943,7 +1130,7 @@ impl Queue {
     }
 
     /// Dead letters, oldest first: (dead entry id, record).
-    pub async fn dlq_list(&self, count: usize) -> Result<Vec<(String, serde_json::Value)>> {
+    pub(crate) async fn dlq_list(&self, count: usize) -> Result<Vec<(String, serde_json::Value)>> {
         let mut out = Vec::new();
         let mut start = "-".to_string();
         while out.len() < count {
@@ -974,7 +1161,15 @@ impl Queue {
     /// Move one dead letter back to the tasks stream as a fresh attempt
     /// series (`attempts` reset to 0). Errors if its original data is not a
     /// valid task (it would only be dead-lettered again).
-    pub async fn dlq_retry(&self, dead_id: &str) -> Result<std::result::Result<String, String>> {
+    pub(crate) async fn dlq_retry(
+        &self,
+        dead_id: &str,
+    ) -> Result<std::result::Result<String, String>> {
+        if !valid_stream_id(dead_id) {
+            return Ok(Err(format!(
+                "{dead_id:?} is not a dead-letter id (expected <ms>-<seq>, as `peagenctl queue dlq list` shows)"
+            )));
+        }
         let e = self
             .range(&self.cfg.dead_stream, dead_id, dead_id, 1)
             .await?;
@@ -1020,7 +1215,7 @@ impl Queue {
     /// Add counter deltas to the fields of a hash in one MULTI/EXEC pipeline
     /// (all applied or none): `HINCRBY` for integers, `HINCRBYFLOAT` for
     /// floats. An increment of 0 creates the field.
-    pub async fn hash_incr(
+    pub(crate) async fn hash_incr(
         &self,
         key: &str,
         ints: &[(String, i64)],
@@ -1039,21 +1234,11 @@ impl Queue {
     }
 
     /// HGETALL of a hash (empty when the key does not exist).
-    pub async fn hash_all(&self, key: &str) -> Result<BTreeMap<String, String>> {
+    pub(crate) async fn hash_all(&self, key: &str) -> Result<BTreeMap<String, String>> {
         Ok(redis::cmd("HGETALL")
             .arg(key)
             .query_async(&mut self.c())
             .await?)
-    }
-
-    /// Live consumer names of the group (for sweeps).
-    pub async fn consumer_names(&self) -> Result<HashSet<String>> {
-        Ok(self
-            .consumers()
-            .await?
-            .into_iter()
-            .map(|c| c.name)
-            .collect())
     }
 }
 
@@ -1100,19 +1285,97 @@ async fn follow(cfg: RedisConfig, target: Arc<Target>, shared: Arc<Shared>) {
     }
 }
 
-/// Hide a password in a URL for messages.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
-        _ => url.to_string(),
+/// Reply of the read script: a list of entries.
+fn script_entries(v: Value) -> Result<Vec<Entry>> {
+    match v {
+        Value::Array(items) => items.into_iter().map(Entry::from_script).collect(),
+        Value::Nil => Ok(Vec::new()),
+        other => Err(QueueError::Protocol(format!(
+            "read script returned {other:?}"
+        ))),
+    }
+}
+
+/// Reply of a plain XREADGROUP: nil, or `[[stream, [entry, ...]]]` (RESP2)
+/// or `{stream: [entry, ...]}` (RESP3).
+fn plain_read_entries(v: Value, limit: usize) -> Result<Vec<Entry>> {
+    let streams: Vec<Value> = match v {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Array(a) => a
+            .into_iter()
+            .filter_map(|s| match s {
+                Value::Array(kv) => kv.into_iter().nth(1),
+                _ => None,
+            })
+            .collect(),
+        Value::Map(m) => m.into_iter().map(|(_, v)| v).collect(),
+        other => {
+            return Err(QueueError::Protocol(format!(
+                "XREADGROUP returned {other:?}"
+            )))
+        }
+    };
+    let mut out = Vec::new();
+    for s in streams {
+        if let Value::Array(entries) = s {
+            for e in entries {
+                out.push(Entry::from_plain(e, limit)?);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `<ms>-<seq>` or `<ms>`: what Redis accepts as an exact stream id.
+fn valid_stream_id(s: &str) -> bool {
+    let digits = |x: &str| !x.is_empty() && x.len() <= 20 && x.bytes().all(|b| b.is_ascii_digit());
+    match s.split_once('-') {
+        Some((ms, seq)) => digits(ms) && digits(seq),
+        None => digits(s),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
-    fn redacts_passwords() {
-        assert_eq!(super::redact("redis://:secret@h:1/0"), "redis://***@h:1/0");
-        assert_eq!(super::redact("redis://h:1"), "redis://h:1");
+    fn stream_ids() {
+        for ok in ["1-0", "1795778213365-12", "5"] {
+            assert!(valid_stream_id(ok), "{ok}");
+        }
+        for bad in ["", "not-an-id", "1-", "-1", "1-2-3", "+", "-", "1x-0"] {
+            assert!(!valid_stream_id(bad), "{bad}");
+        }
+    }
+
+    fn bulk(b: &[u8]) -> Value {
+        Value::BulkString(b.to_vec())
+    }
+
+    #[test]
+    fn plain_read_drops_oversized_data_and_flags_bad_names() {
+        let reply = Value::Array(vec![Value::Array(vec![
+            bulk(b"peagen.tasks"),
+            Value::Array(vec![
+                Value::Array(vec![
+                    bulk(b"1-0"),
+                    Value::Array(vec![bulk(b"data"), bulk(&[b'x'; 100])]),
+                ]),
+                Value::Array(vec![
+                    bulk(b"2-0"),
+                    Value::Array(vec![bulk(&[0xff]), bulk(b"v"), bulk(b"data"), bulk(b"{}")]),
+                ]),
+                Value::Array(vec![bulk(b"3-0"), Value::Nil]),
+            ]),
+        ])]);
+        let e = plain_read_entries(reply, 50).unwrap();
+        assert_eq!(e[0].oversize, Some(104));
+        assert!(e[0].data.is_none());
+        assert!(e[1].bad_names && e[1].data.as_deref() == Some(&b"{}"[..]));
+        assert_eq!(e[1].task(1000).unwrap_err().0, "field_not_utf8");
+        assert_eq!(e[0].task(50).unwrap_err().0, "too_large");
+        assert_eq!(e[2].field_count, 0);
+        assert_eq!(e[2].task(50).unwrap_err().0, "no_data");
     }
 }

@@ -8,15 +8,15 @@
 //! `redis::Client` is bound to one address), hence the explicit re-resolve.
 
 use crate::config::RedisConfig;
-use crate::queue::redact;
+use crate::redact::redact;
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::IntoConnectionInfo;
 use tokio::sync::Mutex;
 
 /// A resolved Redis: the client and the address it points at (for logs).
-pub struct Resolved {
-    pub client: redis::Client,
-    pub addr: String,
+pub(crate) struct Resolved {
+    pub(crate) client: redis::Client,
+    pub(crate) addr: String,
 }
 
 enum Kind {
@@ -30,7 +30,7 @@ enum Kind {
     },
 }
 
-pub struct Target {
+pub(crate) struct Target {
     kind: Kind,
     /// What to name in error messages (passwords redacted).
     describe: String,
@@ -38,7 +38,7 @@ pub struct Target {
 
 impl Target {
     /// Build from config; fails only on malformed URLs (no I/O).
-    pub fn new(cfg: &RedisConfig) -> redis::RedisResult<Self> {
+    pub(crate) fn new(cfg: &RedisConfig) -> redis::RedisResult<Self> {
         match &cfg.sentinel_master {
             None => Ok(Target {
                 kind: Kind::Direct(redis::Client::open(cfg.url.as_str())?),
@@ -70,18 +70,18 @@ impl Target {
         }
     }
 
-    pub fn is_sentinel(&self) -> bool {
+    pub(crate) fn is_sentinel(&self) -> bool {
         matches!(self.kind, Kind::Sentinel { .. })
     }
 
     /// For error messages: the URL, or the master name and sentinels.
-    pub fn describe(&self) -> &str {
+    pub(crate) fn describe(&self) -> &str {
         &self.describe
     }
 
     /// A client for the current master. With Sentinel this asks the sentinels
     /// (and checks the answer's `ROLE` is master) on every call.
-    pub async fn client(&self) -> redis::RedisResult<Resolved> {
+    pub(crate) async fn client(&self) -> redis::RedisResult<Resolved> {
         match &self.kind {
             Kind::Direct(c) => Ok(Resolved {
                 client: c.clone(),
@@ -117,7 +117,7 @@ impl Target {
 /// Errors after which the master may have moved: the connection broke, or
 /// the server we talk to became a replica (`READONLY`, an old master that
 /// came back after a failover).
-pub fn suggests_failover(e: &redis::RedisError) -> bool {
+pub(crate) fn suggests_failover(e: &redis::RedisError) -> bool {
     e.is_io_error()
         || e.is_connection_dropped()
         || e.is_connection_refusal()

@@ -6,46 +6,120 @@
 use crate::task::ResultRecord;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
-pub enum BackendError {
+pub(crate) enum BackendError {
     #[error("cannot save result for task {task_id} in {dir}: {source} (check free space and that the worker user may write there)")]
     Io {
         task_id: String,
         dir: PathBuf,
         source: std::io::Error,
     },
+    #[error("task id {task_id:?} cannot name a result: {source}")]
+    BadId {
+        task_id: String,
+        source: crate::task::TaskError,
+    },
+}
+
+/// Where final results go: written inside the finishing script (stream),
+/// or as files before it runs (fs).
+#[derive(Clone)]
+pub(crate) enum ResultSink {
+    Stream,
+    Fs(Arc<FsBackend>),
+}
+
+/// A result ready for the finishing script.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Prepared {
+    /// The record's JSON, for the script to write (stream backend).
+    InScript(String),
+    /// Already stored by the backend (fs): the script writes no record.
+    Stored,
+}
+
+impl Prepared {
+    /// What to pass to the finishing script as the result record.
+    pub(crate) fn script_json(&self) -> Option<&str> {
+        match self {
+            Prepared::InScript(j) => Some(j),
+            Prepared::Stored => None,
+        }
+    }
+}
+
+impl ResultSink {
+    pub(crate) fn from_config(cfg: &crate::config::ResultsConfig) -> Self {
+        match cfg.backend {
+            crate::config::ResultBackendKind::Fs => {
+                ResultSink::Fs(Arc::new(FsBackend::new(cfg.dir.clone())))
+            }
+            crate::config::ResultBackendKind::Stream => ResultSink::Stream,
+        }
+    }
+
+    /// Store the record now (fs, off the async threads) or hand its JSON to
+    /// the finishing script (stream). An error leaves the task unfinished.
+    pub(crate) async fn prepare(&self, record: &ResultRecord) -> Result<Prepared, BackendError> {
+        let fs = match self {
+            ResultSink::Stream => {
+                let json = serde_json::to_string(record).expect("result serializes");
+                return Ok(Prepared::InScript(json));
+            }
+            ResultSink::Fs(fs) => fs.clone(),
+        };
+        let rec = record.clone();
+        let dir = fs.dir().to_owned();
+        let saved = tokio::task::spawn_blocking(move || fs.save(&rec))
+            .await
+            .unwrap_or_else(|e| {
+                Err(BackendError::Io {
+                    task_id: record.task_id.clone(),
+                    dir,
+                    source: std::io::Error::other(e.to_string()),
+                })
+            })?;
+        tracing::debug!(task_id = %record.task_id, ?saved, "result saved");
+        Ok(Prepared::Stored)
+    }
 }
 
 /// What a save did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Saved {
+pub(crate) enum Saved {
     Written,
     /// A record for this task id existed already (duplicate delivery).
     AlreadyPresent,
 }
 
-pub struct FsBackend {
+pub(crate) struct FsBackend {
     dir: PathBuf,
 }
 
 impl FsBackend {
-    pub fn new(dir: impl Into<PathBuf>) -> Self {
+    pub(crate) fn new(dir: impl Into<PathBuf>) -> Self {
         FsBackend { dir: dir.into() }
     }
 
-    pub fn path_for(&self, task_id: &str) -> PathBuf {
-        // Task ids are checked to contain no '/' and not be '.'/'..'.
-        self.dir.join(format!("{task_id}.json"))
+    /// The file of a task's result; refuses ids that could name a file
+    /// outside the directory (`../x`, `/abs`), whoever passed them in.
+    pub(crate) fn path_for(&self, task_id: &str) -> Result<PathBuf, BackendError> {
+        crate::task::check_id(task_id).map_err(|source| BackendError::BadId {
+            task_id: task_id.to_string(),
+            source,
+        })?;
+        Ok(self.dir.join(format!("{task_id}.json")))
     }
 
-    pub fn save(&self, r: &ResultRecord) -> Result<Saved, BackendError> {
+    pub(crate) fn save(&self, r: &ResultRecord) -> Result<Saved, BackendError> {
         let err = |source| BackendError::Io {
             task_id: r.task_id.clone(),
             dir: self.dir.clone(),
             source,
         };
-        let path = self.path_for(&r.task_id);
+        let path = self.path_for(&r.task_id)?;
         if path.exists() {
             return Ok(Saved::AlreadyPresent);
         }
@@ -82,15 +156,19 @@ impl FsBackend {
         Ok(Saved::Written)
     }
 
-    pub fn load(&self, task_id: &str) -> std::io::Result<Option<String>> {
-        match std::fs::read_to_string(self.path_for(task_id)) {
+    pub(crate) fn load(&self, task_id: &str) -> Result<Option<String>, BackendError> {
+        match std::fs::read_to_string(self.path_for(task_id)?) {
             Ok(s) => Ok(Some(s)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
+            Err(source) => Err(BackendError::Io {
+                task_id: task_id.to_string(),
+                dir: self.dir.clone(),
+                source,
+            }),
         }
     }
 
-    pub fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         &self.dir
     }
 }
@@ -135,6 +213,23 @@ mod tests {
         let s = b.load("a").unwrap().unwrap();
         assert!(s.contains("\"data\": 1"), "{s}");
         assert_eq!(std::fs::read_dir(d.path().join("r")).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn ids_never_name_a_file_outside_the_dir() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("outside.json"), b"{}").unwrap();
+        let b = FsBackend::new(d.path().join("r"));
+        for id in ["../outside", "/etc/passwd", "..", "a/../../outside"] {
+            assert!(
+                matches!(b.load(id), Err(BackendError::BadId { .. })),
+                "{id}"
+            );
+            assert!(matches!(b.path_for(id), Err(BackendError::BadId { .. })));
+        }
+        let mut r = rec("x", serde_json::json!(1));
+        r.task_id = "../outside".into();
+        assert!(matches!(b.save(&r), Err(BackendError::BadId { .. })));
     }
 
     #[test]

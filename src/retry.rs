@@ -3,12 +3,14 @@
 //! `attempts_done` counts executions including the one that just ended, so
 //! with `max_attempts = 3` a task runs at most three times.
 //!
-//! [`backoff_ms`] says how long a retry waits before it is due again.
+//! [`backoff_ms`] says how long a retry waits before it is due again;
+//! [`is_poison`] and [`reclaim`] decide about entries whose worker crashed
+//! or vanished. The worker and the queue's reclaim only carry them out.
 
-use crate::task::Status;
+use crate::task::{Status, Task};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// Record the result and acknowledge.
     Complete,
     /// Re-enqueue a copy with `attempts + 1` and acknowledge the original.
@@ -18,7 +20,7 @@ pub enum Decision {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeadReason {
+pub(crate) enum DeadReason {
     /// The handler said the error is not worth retrying.
     HandlerError,
     /// Retryable, but this was the last allowed attempt.
@@ -26,7 +28,7 @@ pub enum DeadReason {
 }
 
 impl DeadReason {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             DeadReason::HandlerError => "handler_error",
             DeadReason::AttemptsExhausted => "attempts_exhausted",
@@ -34,7 +36,12 @@ impl DeadReason {
     }
 }
 
-pub fn decide(status: Status, retryable: bool, attempts_done: u32, max_attempts: u32) -> Decision {
+pub(crate) fn decide(
+    status: Status,
+    retryable: bool,
+    attempts_done: u32,
+    max_attempts: u32,
+) -> Decision {
     match status {
         Status::Ok | Status::Skip => Decision::Complete,
         Status::Error if !retryable => Decision::DeadLetter(DeadReason::HandlerError),
@@ -45,7 +52,7 @@ pub fn decide(status: Status, retryable: bool, attempts_done: u32, max_attempts:
 
 /// For work taken back from a dead or vanished worker: the interrupted
 /// execution counts as an attempt.
-pub fn decide_reclaim(attempts_before: u32, max_attempts: u32) -> Decision {
+pub(crate) fn decide_reclaim(attempts_before: u32, max_attempts: u32) -> Decision {
     decide(
         Status::Error,
         true,
@@ -54,10 +61,51 @@ pub fn decide_reclaim(attempts_before: u32, max_attempts: u32) -> Decision {
     )
 }
 
+/// A redelivered entry (found in its worker's own pending list) whose PEL
+/// delivery counter passed `max_attempts + 1` keeps killing its worker:
+/// dead-letter it (reason `poison`) instead of running it again.
+pub(crate) fn is_poison(deliveries: u64, max_attempts: u32) -> bool {
+    deliveries > u64::from(max_attempts) + 1
+}
+
+/// What to do with an entry taken back from a dead or vanished worker.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Reclaim {
+    /// Re-queue this copy (attempts already counted) at once.
+    Requeue(Box<Task>),
+    /// Dead-letter the entry.
+    DeadLetter { reason: &'static str, error: String },
+}
+
+/// Reclaim decision for an entry holding `task`, or a bad entry (its
+/// dead-letter reason and message). `why` says why it was taken back.
+pub(crate) fn reclaim(
+    task: Result<&Task, &(&'static str, String)>,
+    default_max_attempts: u32,
+    why: &str,
+) -> Reclaim {
+    match task {
+        Ok(t) => {
+            let max = t.max_attempts.unwrap_or(default_max_attempts);
+            match decide_reclaim(t.attempts, max) {
+                Decision::Retry => Reclaim::Requeue(Box::new(t.next_attempt())),
+                _ => Reclaim::DeadLetter {
+                    reason: DeadReason::AttemptsExhausted.as_str(),
+                    error: format!("{why}; no attempts left ({max} allowed)"),
+                },
+            }
+        }
+        Err((reason, error)) => Reclaim::DeadLetter {
+            reason,
+            error: error.clone(),
+        },
+    }
+}
+
 /// Upper bound of the delay after the `attempt`-th failed execution (1-based):
 /// `min(max_ms, base_ms * 2^(attempt-1))`, saturating. 0 when `base_ms` is 0
 /// (backoff off) or `attempt` is 0.
-pub fn backoff_ceiling_ms(base_ms: u64, max_ms: u64, attempt: u32) -> u64 {
+pub(crate) fn backoff_ceiling_ms(base_ms: u64, max_ms: u64, attempt: u32) -> u64 {
     if base_ms == 0 || attempt == 0 {
         return 0;
     }
@@ -70,7 +118,7 @@ pub fn backoff_ceiling_ms(base_ms: u64, max_ms: u64, attempt: u32) -> u64 {
 /// (any uniformly random u64, passed in so this stays pure). Always within
 /// `[ceiling / 2, ceiling]`: a lower bound operators can rely on, and spread
 /// so tasks that failed together do not come back together.
-pub fn backoff_ms(base_ms: u64, max_ms: u64, attempt: u32, random: u64) -> u64 {
+pub(crate) fn backoff_ms(base_ms: u64, max_ms: u64, attempt: u32, random: u64) -> u64 {
     let ceiling = backoff_ceiling_ms(base_ms, max_ms, attempt);
     let fixed = ceiling - ceiling / 2;
     let span = ceiling / 2;
@@ -176,6 +224,41 @@ mod tests {
         assert_eq!(
             decide(Status::Error, true, 3, 3),
             Decision::DeadLetter(DeadReason::AttemptsExhausted)
+        );
+    }
+
+    #[test]
+    fn poison_after_max_attempts_plus_one_deliveries() {
+        assert!(!is_poison(4, 3));
+        assert!(is_poison(5, 3));
+        assert!(is_poison(u64::MAX, u32::MAX));
+        assert!(!is_poison(u64::from(u32::MAX) + 1, u32::MAX));
+    }
+
+    #[test]
+    fn reclaim_requeues_or_dead_letters() {
+        let mut t = Task::new("echo", serde_json::json!({}));
+        match reclaim(Ok(&t), 3, "gone") {
+            Reclaim::Requeue(n) => assert_eq!(n.attempts, 1),
+            other => panic!("{other:?}"),
+        }
+        t.attempts = 2;
+        assert_eq!(
+            reclaim(Ok(&t), 3, "gone"),
+            Reclaim::DeadLetter {
+                reason: "attempts_exhausted",
+                error: "gone; no attempts left (3 allowed)".into()
+            }
+        );
+        t.max_attempts = Some(5);
+        assert!(matches!(reclaim(Ok(&t), 3, "gone"), Reclaim::Requeue(_)));
+        let bad = ("malformed", "x".to_string());
+        assert_eq!(
+            reclaim(Err(&bad), 3, "gone"),
+            Reclaim::DeadLetter {
+                reason: "malformed",
+                error: "x".into()
+            }
         );
     }
 

@@ -158,7 +158,7 @@ pub struct WorkerRow {
 pub async fn list_workers(cfg: &Config) -> Result<Vec<WorkerRow>> {
     let sd = Systemd::connect(cfg.spawner.user_mode).await?;
     let units = sd.list_workers().await?;
-    let q = Queue::connect(&cfg.redis).await?;
+    let q = Queue::connect_for(cfg).await?;
     let consumers: HashMap<String, u64> = q
         .consumers()
         .await?
@@ -621,12 +621,12 @@ impl Spawner {
 }
 
 async fn connect_all(cfg: &Config, stop: &Notify) -> Option<(Systemd, Queue)> {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = crate::backoff::Backoff::service();
     loop {
         let r = async {
             let sd = Systemd::connect(cfg.spawner.user_mode).await?;
             sd.ping().await?;
-            let q = Queue::connect(&cfg.redis).await?;
+            let q = Queue::connect_for(cfg).await?;
             q.ensure_group().await?;
             anyhow::Ok((sd, q))
         }
@@ -634,15 +634,14 @@ async fn connect_all(cfg: &Config, stop: &Notify) -> Option<(Systemd, Queue)> {
         match r {
             Ok(x) => return Some(x),
             Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "waiting for systemd and Redis");
+                tracing::warn!(error = %format!("{e:#}"), retry_in_ms = backoff.peek().as_millis() as u64, "waiting for systemd and Redis");
                 notify(&[NotifyState::Status(&format!(
                     "waiting for systemd and Redis: {e:#}"
                 ))]);
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(backoff.step()) => {}
                     _ = stop.notified() => return None,
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
     }
@@ -780,7 +779,8 @@ fn spawn_redis_watcher(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         const BLOCK_MS: u64 = 5000;
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff =
+            crate::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         // Resolved afresh on every reconnect, so a Sentinel failover is followed.
         let target = match crate::redis_target::Target::new(&cfg) {
             Ok(t) => t,
@@ -803,12 +803,11 @@ fn spawn_redis_watcher(
                 Ok(c) => c,
                 Err(e) => {
                     tracing::debug!(error = %e, "queue watcher: cannot connect");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    tokio::time::sleep(backoff.step()).await;
                     continue;
                 }
             };
-            backoff = Duration::from_millis(200);
+            backoff.reset();
             let mut last = "$".to_string();
             loop {
                 let r: redis::RedisResult<Option<redis::streams::StreamReadReply>> =

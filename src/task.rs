@@ -151,12 +151,7 @@ impl Task {
         if self.kind.is_empty() {
             return bad("kind", "must not be empty");
         }
-        if self.id.is_empty() || self.id.len() > 200 {
-            return bad("id", "must be 1 to 200 characters");
-        }
-        if self.id.contains(['/', '\0']) || self.id == "." || self.id == ".." {
-            return bad("id", "must not contain '/' or NUL or be '.'/'..'");
-        }
+        check_id(&self.id)?;
         if !self.payload.is_object() {
             return bad("payload", "must be a JSON object");
         }
@@ -205,6 +200,104 @@ impl Task {
             .and_then(parse_time)
             .is_some_and(|d| now > d)
     }
+}
+
+/// The one check of a task id, wherever an id comes from (a task, a
+/// command line, a dead letter) and wherever it becomes a key or a path (the
+/// filesystem result backend names files `<id>.json`): 1 to 200 bytes, no
+/// `/` or NUL, not `.` or `..`. So an id can never leave the results
+/// directory (no separator, no absolute path, no parent).
+pub fn check_id(id: &str) -> Result<(), TaskError> {
+    let bad = |message: &str| {
+        Err(TaskError::Invalid {
+            field: "id",
+            message: message.into(),
+        })
+    };
+    if id.is_empty() || id.len() > 200 {
+        return bad("must be 1 to 200 characters");
+    }
+    if id.contains(['/', '\0']) || id == "." || id == ".." {
+        return bad("must not contain '/' or NUL or be '.'/'..'");
+    }
+    Ok(())
+}
+
+/// What is known about the task an entry carries, even when the entry is
+/// not a valid task: enough to keep the protocol's promise of an error
+/// result whenever the task id is known.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Known {
+    /// A valid task id (see [`check_id`]), or None.
+    pub task_id: Option<String>,
+    pub kind: Option<String>,
+    pub trace_id: Option<String>,
+}
+
+impl Known {
+    pub fn of(task: &Task) -> Self {
+        Known {
+            task_id: Some(task.id.clone()),
+            kind: Some(task.kind.clone()),
+            trace_id: task.trace_id.clone(),
+        }
+    }
+
+    /// Salvage the top-level `id` and `kind` strings from data that is not
+    /// a valid task (wrong-typed fields, bad values). Reads only up to the
+    /// first syntax error and keeps an id only if it passes [`check_id`].
+    pub fn salvage(data: &[u8]) -> Self {
+        use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+        struct Seed<'a>(&'a mut Known);
+        impl<'de> DeserializeSeed<'de> for Seed<'_> {
+            type Value = ();
+            fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+                d.deserialize_map(self)
+            }
+        }
+        impl<'de> Visitor<'de> for Seed<'_> {
+            type Value = ();
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<(), A::Error> {
+                while let Some(k) = m.next_key::<String>()? {
+                    match k.as_str() {
+                        "id" | "kind" => {
+                            // A non-string value is skipped, not an error.
+                            if let Value::String(s) = m.next_value::<Value>()? {
+                                if k == "id" {
+                                    self.0.task_id = check_id(&s).is_ok().then_some(s);
+                                } else {
+                                    self.0.kind = Some(s);
+                                }
+                            }
+                        }
+                        _ => {
+                            m.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                    if self.0.task_id.is_some() && self.0.kind.is_some() {
+                        break;
+                    }
+                }
+                Ok(())
+            }
+        }
+        let mut k = Known::default();
+        let mut de = serde_json::Deserializer::from_slice(data);
+        // An error only ends the scan; what was found before it stays.
+        let _ = Seed(&mut k).deserialize(&mut de);
+        k
+    }
+}
+
+/// Who writes a record (its audit fields).
+#[derive(Debug, Clone, Default)]
+pub struct Actor {
+    pub worker_id: String,
+    pub host: String,
+    pub image_tag: String,
 }
 
 pub fn valid_traceparent(s: &str) -> bool {
@@ -282,6 +375,60 @@ pub struct DeadLetter {
     pub dead_at: String,
     /// The original `data` exactly as it arrived (string), so it can be retried.
     pub raw: Option<String>,
+}
+
+impl ResultRecord {
+    /// The final error result of a task that is dead-lettered without an
+    /// execution result of its own (bad entry, no handler, deadline, poison,
+    /// reclaimed at its last attempt), so `peagenctl task get` answers.
+    pub fn dead(known: &Known, reason: &str, msg: &str, attempts: u32, by: &Actor) -> Self {
+        let now = now_rfc3339();
+        ResultRecord {
+            task_id: known.task_id.clone().unwrap_or_default(),
+            status: Status::Error,
+            data: serde_json::json!({ "msg": msg, "retryable": false, "dead_letter_reason": reason }),
+            created_at: now.clone(),
+            attempts,
+            retryable: false,
+            kind: known.kind.clone().unwrap_or_default(),
+            handler: String::new(),
+            handler_version: String::new(),
+            image_tag: by.image_tag.clone(),
+            worker_id: by.worker_id.clone(),
+            host: by.host.clone(),
+            started_at: now.clone(),
+            finished_at: now,
+            trace_id: known.trace_id.clone(),
+        }
+    }
+}
+
+impl DeadLetter {
+    /// The one constructor of dead-letter records (worker and reclaim).
+    /// `raw` is the entry's `data` as it arrived, None when it had none or
+    /// it was not carried to the client (over the size limit).
+    pub fn new(
+        original_id: &str,
+        raw: Option<&[u8]>,
+        known: &Known,
+        reason: &str,
+        error: String,
+        attempts: u32,
+        by: &Actor,
+    ) -> Self {
+        DeadLetter {
+            original_id: original_id.to_string(),
+            task_id: known.task_id.clone(),
+            kind: known.kind.clone(),
+            reason: reason.to_string(),
+            error,
+            attempts,
+            worker_id: by.worker_id.clone(),
+            host: by.host.clone(),
+            dead_at: now_rfc3339(),
+            raw: raw.map(|d| String::from_utf8_lossy(d).into_owned()),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -370,6 +517,32 @@ mod tests {
             Task::parse(PROTO.as_bytes(), 10).unwrap_err().code(),
             "too_large"
         );
+    }
+
+    #[test]
+    fn ids_that_would_leave_a_directory_are_refused() {
+        for bad in ["", ".", "..", "../outside", "/etc/passwd", "a/b", "a\0b"] {
+            assert!(check_id(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_id(&"x".repeat(201)).is_err());
+        for ok in ["a", "mut-deadbeef", "..a", "a..", "x".repeat(200).as_str()] {
+            assert!(check_id(ok).is_ok(), "{ok:?}");
+        }
+    }
+
+    #[test]
+    fn salvage_finds_a_valid_id_in_a_bad_task() {
+        let k = Known::salvage(br#"{"kind":"echo","id":"a-1","attempts":"x"}"#);
+        assert_eq!(k.task_id.as_deref(), Some("a-1"));
+        assert_eq!(k.kind.as_deref(), Some("echo"));
+        // Found before a syntax error; nested "id" keys do not count.
+        let k = Known::salvage(br#"{"payload":{"id":"inner"},"id":"outer","x":[1,"#);
+        assert_eq!(k.task_id.as_deref(), Some("outer"));
+        assert_eq!(Known::salvage(br#"{"id":42,"kind":"x"}"#).task_id, None);
+        assert_eq!(Known::salvage(br#"{"id":"../x"}"#).task_id, None);
+        assert_eq!(Known::salvage(b"{not json").task_id, None);
+        assert_eq!(Known::salvage(b"[1,2]"), Known::default());
+        assert_eq!(Known::salvage(&[0xff, 0xfe]), Known::default());
     }
 
     #[test]

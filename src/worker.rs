@@ -2,13 +2,14 @@
 //! acknowledge; retry or dead-letter failures. Each decision comes from
 //! [`crate::retry`]; each state change is one atomic queue script.
 
-use crate::config::{Config, ResultBackendKind};
+use crate::backoff::Backoff;
+use crate::config::Config;
 use crate::handlers::{Outcome, Registry};
 use crate::metrics::{labels, WorkerMetrics};
 use crate::queue::{Entry, Moved, Queue, QueueError};
-use crate::results::FsBackend;
-use crate::retry::{backoff_ms, decide, Decision};
-use crate::task::{now_rfc3339, DeadLetter, ResultRecord, Status, Task};
+use crate::results::{Prepared, ResultSink};
+use crate::retry::{backoff_ms, decide, is_poison, Decision};
+use crate::task::{now_rfc3339, Actor, Known, ResultRecord, Status, Task};
 use crate::telemetry::notify;
 use sd_notify::NotifyState;
 use std::sync::Arc;
@@ -17,15 +18,20 @@ use tokio::sync::watch;
 
 /// Why the worker stopped (logged and counted as `worker_exit_reason`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExitReason {
+pub(crate) enum ExitReason {
     Idle,
     MaxUptime,
     Signal,
+    /// Gave up (exit status 1), only when `worker.idle-exit-secs` is set:
+    /// entries it could not finish because the result backend kept failing
+    /// for twice that budget (counted in the fleet hash, Redis is up), or
+    /// Redis unusable for that long (exit status only: the count cannot
+    /// reach Redis).
     Error,
 }
 
 impl ExitReason {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ExitReason::Idle => "idle",
             ExitReason::MaxUptime => "max_uptime",
@@ -41,18 +47,18 @@ impl ExitReason {
 /// [`crate::queue::MAX_BLOCK_MS`], so a due retry waits about a second at most.
 const PROMOTE_EVERY: Duration = Duration::from_millis(250);
 /// Most delayed retries one promotion moves (the next one takes the rest).
-pub const PROMOTE_BATCH: usize = 100;
+pub(crate) const PROMOTE_BATCH: usize = 100;
 
 /// How often a worker refreshes the idle time of the entry it works on, so
 /// the spawner's orphan sweep never takes healthy long-running work.
 const HEARTBEAT: Duration = Duration::from_secs(15);
 
-pub struct Worker {
+pub(crate) struct Worker {
     cfg: Config,
     queue: Arc<Queue>,
     handlers: Registry,
     metrics: WorkerMetrics,
-    fs: Option<Arc<FsBackend>>,
+    results: ResultSink,
     id: String,
     host: String,
     shutdown: watch::Receiver<bool>,
@@ -63,7 +69,7 @@ pub struct Worker {
 
 /// What happened to one entry (for logs and tests).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Handled {
+pub(crate) enum Handled {
     Completed,
     Retried,
     DeadLettered(String),
@@ -73,7 +79,7 @@ pub enum Handled {
     Lost,
 }
 
-pub fn make_worker_id(configured: &str) -> String {
+pub(crate) fn make_worker_id(configured: &str) -> String {
     if configured.is_empty() {
         let u = uuid::Uuid::new_v4().simple().to_string();
         format!("{}-{}", crate::telemetry::hostname(), &u[..12])
@@ -83,22 +89,21 @@ pub fn make_worker_id(configured: &str) -> String {
 }
 
 impl Worker {
-    pub fn new(
+    pub(crate) fn new(
         cfg: Config,
         queue: Arc<Queue>,
         metrics: WorkerMetrics,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         let handlers = Registry::from_config(&cfg);
-        let fs = (cfg.results.backend == ResultBackendKind::Fs)
-            .then(|| Arc::new(FsBackend::new(cfg.results.dir.clone())));
+        let results = ResultSink::from_config(&cfg.results);
         let id = make_worker_id(&cfg.worker.id);
         Worker {
             cfg,
             queue,
             handlers,
             metrics,
-            fs,
+            results,
             id,
             host: crate::telemetry::hostname(),
             shutdown,
@@ -106,7 +111,7 @@ impl Worker {
         }
     }
 
-    pub fn id(&self) -> &str {
+    pub(crate) fn id(&self) -> &str {
         &self.id
     }
 
@@ -125,12 +130,12 @@ impl Worker {
 
     /// Run until idle, max uptime or a signal. Redis outages are waited out
     /// with backoff; nothing is acknowledged that was not finished.
-    pub async fn run(&mut self) -> ExitReason {
+    pub(crate) async fn run(&mut self) -> ExitReason {
         let started = Instant::now();
         let mut last_activity = Instant::now();
         let mut last_pel_check = Instant::now();
         let mut last_promote: Option<Instant> = None;
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::service();
         let mut ready = false;
         let mut pel_suspect = false;
         let mut up_mark = Instant::now();
@@ -149,25 +154,34 @@ impl Worker {
                 match self.startup().await {
                     Ok(()) => {
                         ready = true;
-                        backoff = Duration::from_millis(100);
+                        backoff.reset();
                         last_activity = Instant::now();
                         last_pel_check = Instant::now();
                         continue;
                     }
                     Err(e) => {
-                        tracing::warn!(worker_id = %self.id, error = %e, retry_in_ms = backoff.as_millis() as u64, "Redis not ready; backing off");
+                        if !idle_exit.is_zero() && last_activity.elapsed() >= idle_exit {
+                            tracing::error!(worker_id = %self.id, error = %e, idle_exit_secs = idle_exit.as_secs(),
+                                "Redis unusable for longer than worker.idle-exit-secs; exiting with an error");
+                            return ExitReason::Error;
+                        }
+                        tracing::warn!(worker_id = %self.id, error = %e, retry_in_ms = backoff.peek().as_millis() as u64, "Redis not ready; backing off");
                         notify(&[NotifyState::Status(&format!("waiting for Redis: {e}"))]);
-                        self.pause(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        self.pause(backoff.step()).await;
                         continue;
                     }
                 }
             }
-            let exit = if !idle_exit.is_zero()
-                && last_activity.elapsed() >= idle_exit
-                && self.left_pending.is_empty()
-            {
+            let idle_for = (!idle_exit.is_zero()).then(|| last_activity.elapsed());
+            let exit = if idle_for.is_some_and(|t| t >= idle_exit) && self.left_pending.is_empty() {
                 Some(ExitReason::Idle)
+            } else if idle_for.is_some_and(|t| t >= idle_exit.saturating_mul(2)) {
+                // Only entries left pending remain (the result backend keeps
+                // failing), for twice the idle budget: give them up to the
+                // spawner's reclaim and say so with an error exit.
+                tracing::error!(worker_id = %self.id, left_pending = self.left_pending.len(), idle_exit_secs = idle_exit.as_secs(),
+                    "result backend failing for longer than twice worker.idle-exit-secs; exiting with an error (entries stay pending for reclaim)");
+                return ExitReason::Error;
             } else if !max_uptime.is_zero() && started.elapsed() >= max_uptime {
                 Some(ExitReason::MaxUptime)
             } else {
@@ -182,8 +196,9 @@ impl Worker {
                         continue;
                     }
                     Err(e) => {
-                        tracing::warn!(worker_id = %self.id, error = %e, "final check of own pending entries failed");
-                        return reason;
+                        // Idle because Redis is gone, not for lack of work.
+                        tracing::error!(worker_id = %self.id, error = %e, "final check of own pending entries failed; exiting with an error");
+                        return ExitReason::Error;
                     }
                 }
             }
@@ -218,7 +233,7 @@ impl Worker {
             // an entry delivered to us is better finished than abandoned.
             match self.queue.read(&self.id, 1, false).await {
                 Ok(entries) => {
-                    backoff = Duration::from_millis(100);
+                    backoff.reset();
                     for e in entries {
                         self.handle(e, false).await;
                         last_activity = Instant::now();
@@ -228,10 +243,9 @@ impl Worker {
                     // A read that timed out on our side may still have been
                     // served: the entry then sits in our pending list unseen.
                     pel_suspect = true;
-                    tracing::warn!(worker_id = %self.id, error = %e, retry_in_ms = backoff.as_millis() as u64, "reading tasks failed; backing off");
+                    tracing::warn!(worker_id = %self.id, error = %e, retry_in_ms = backoff.peek().as_millis() as u64, "reading tasks failed; backing off");
                     notify(&[NotifyState::Status(&format!("Redis error, retrying: {e}"))]);
-                    self.pause(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    self.pause(backoff.step()).await;
                 }
             }
         }
@@ -258,7 +272,7 @@ impl Worker {
 
     /// Re-read and process this consumer's pending entries. Returns how many
     /// were finished (entries left pending on purpose do not count).
-    pub async fn drain_own_pel(&mut self) -> Result<usize, QueueError> {
+    pub(crate) async fn drain_own_pel(&mut self) -> Result<usize, QueueError> {
         let mut n = 0;
         let mut seen = std::collections::HashSet::new();
         loop {
@@ -283,7 +297,7 @@ impl Worker {
     }
 
     /// Process one entry end to end. Never panics on bad input.
-    pub async fn handle(&mut self, e: Entry, redelivered: bool) -> Handled {
+    pub(crate) async fn handle(&mut self, e: Entry, redelivered: bool) -> Handled {
         let id = e.id.clone();
         let h = self.handle_entry(e, redelivered).await;
         if h == Handled::LeftPending {
@@ -295,17 +309,20 @@ impl Worker {
     }
 
     async fn handle_entry(&mut self, e: Entry, redelivered: bool) -> Handled {
+        if e.field_count == 0 {
+            // A pending id whose entry was deleted: nothing left to do.
+            return match self.queue.forget(&e.id).await {
+                Ok(()) => Handled::Lost,
+                Err(_) => Handled::LeftPending,
+            };
+        }
         let limit = self.cfg.worker.max_payload_bytes;
-        let Some(data) = e.data.as_deref() else {
-            let why = format!(
-                "entry has no `data` field (fields present: {})",
-                e.fields.join(",")
-            );
-            return self.dead_bad(&e, "no_data", why).await;
-        };
-        let task = match Task::parse(data, limit) {
+        let task = match e.task(limit) {
             Ok(t) => t,
-            Err(err) => return self.dead_bad(&e, err.code(), err.to_string()).await,
+            Err((code, why)) => {
+                tracing::warn!(worker_id = %self.id, entry_id = %e.id, reason = code, error = %why, "bad entry");
+                return self.dead(&e, &e.known(), code, why, 0, None).await;
+            }
         };
         let max_attempts = task.max_attempts.unwrap_or(self.cfg.worker.max_attempts);
         // Entries we left pending ourselves (result backend down) are re-read
@@ -314,17 +331,11 @@ impl Worker {
             // A task that keeps killing its worker must not loop forever: the
             // PEL counter counts its deliveries across crashes.
             if let Ok(Some(n)) = self.queue.delivery_count(&e.id).await {
-                if n > u64::from(max_attempts) + 1 {
+                if is_poison(n, max_attempts) {
                     let msg = format!("delivered {n} times without finishing (worker crashes?)");
+                    let attempts = task.attempts.saturating_add(1);
                     return self
-                        .dead_task(
-                            &e,
-                            &task,
-                            "poison",
-                            msg,
-                            task.attempts.saturating_add(1),
-                            None,
-                        )
+                        .dead(&e, &Known::of(&task), "poison", msg, attempts, None)
                         .await;
                 }
             }
@@ -335,7 +346,7 @@ impl Worker {
                 task.deadline.as_deref().unwrap_or("")
             );
             return self
-                .dead_task(&e, &task, "deadline", msg, task.attempts, None)
+                .dead(&e, &Known::of(&task), "deadline", msg, task.attempts, None)
                 .await;
         }
         let Some(handler) = self.handlers.get(&task.kind).cloned() else {
@@ -346,7 +357,14 @@ impl Worker {
                 kinds.join(", ")
             );
             return self
-                .dead_task(&e, &task, "no_handler", msg, task.attempts, None)
+                .dead(
+                    &e,
+                    &Known::of(&task),
+                    "no_handler",
+                    msg,
+                    task.attempts,
+                    None,
+                )
                 .await;
         };
         let trace = task.trace_id.clone().unwrap_or_default();
@@ -407,15 +425,15 @@ impl Worker {
             max_attempts,
         ) {
             Decision::Complete => {
-                let Some(result_json) = self.save(&record).await else {
+                let Some(prepared) = self.save(&record).await else {
                     return Handled::LeftPending;
                 };
                 let moved = self
                     .finish(
                         |q, id, me| {
-                            let rj = result_json.clone();
+                            let p = prepared.clone();
                             let tid = record.task_id.clone();
-                            async move { q.complete(&id, &me, &tid, rj.as_deref()).await }
+                            async move { q.complete(&id, &me, &tid, p.script_json()).await }
                         },
                         &e.id,
                     )
@@ -465,9 +483,9 @@ impl Worker {
                     .tasks
                     .get_or_create(&labels(&[("kind", &task.kind), ("status", "error")]))
                     .inc();
-                self.dead_task(
+                self.dead(
                     &e,
-                    &task,
+                    &Known::of(&task),
                     reason.as_str(),
                     msg,
                     attempts_done,
@@ -487,10 +505,14 @@ impl Worker {
     }
 
     fn moved_to_handled(&self, m: Option<Moved>, ok: Handled, task: &Task) -> Handled {
+        self.moved_to_handled_id(m, ok, &task.id)
+    }
+
+    fn moved_to_handled_id(&self, m: Option<Moved>, ok: Handled, task_id: &str) -> Handled {
         match m {
             Some(Moved::Done) => ok,
             Some(other) => {
-                tracing::warn!(task_id = %task.id, worker_id = %self.id, moved = ?other,
+                tracing::warn!(task_id = %task_id, worker_id = %self.id, moved = ?other,
                     "entry was taken over meanwhile (re-queued by the spawner?); not acknowledging");
                 Handled::Lost
             }
@@ -558,29 +580,11 @@ impl Worker {
         }
     }
 
-    /// Save a result in the configured backend. For the stream backend the
-    /// write happens inside the ack script, so this returns the JSON to pass
-    /// there. `None` = the save failed and the task stays pending.
-    async fn save(&self, record: &ResultRecord) -> Option<Option<String>> {
-        let json = serde_json::to_string(record).expect("result serializes");
-        let Some(fs) = &self.fs else {
-            return Some(Some(json));
-        };
-        let (backend, rec) = (fs.clone(), record.clone());
-        let res = tokio::task::spawn_blocking(move || backend.save(&rec))
-            .await
-            .unwrap_or_else(|e| {
-                Err(crate::results::BackendError::Io {
-                    task_id: record.task_id.clone(),
-                    dir: fs.dir().to_owned(),
-                    source: std::io::Error::other(e.to_string()),
-                })
-            });
-        match res {
-            Ok(saved) => {
-                tracing::debug!(task_id = %record.task_id, worker_id = %self.id, ?saved, "result saved");
-                Some(None)
-            }
+    /// Save a result in the configured backend (see [`ResultSink`]). `None`
+    /// = the save failed and the task stays pending.
+    async fn save(&self, record: &ResultRecord) -> Option<Prepared> {
+        match self.results.prepare(record).await {
+            Ok(p) => Some(p),
             Err(e) => {
                 self.metrics.result_backend_fail.inc();
                 tracing::error!(task_id = %record.task_id, worker_id = %self.id, error = %e,
@@ -609,7 +613,7 @@ impl Worker {
         F: Fn(Arc<Queue>, String, String) -> Fut,
         Fut: std::future::Future<Output = Result<Moved, QueueError>>,
     {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::service();
         let give_up = Instant::now() + Duration::from_millis(self.cfg.worker.drain_timeout_ms);
         loop {
             match f(self.queue.clone(), entry_id.to_string(), self.id.clone()).await {
@@ -622,123 +626,83 @@ impl Worker {
                     if self.stopping() && Instant::now() > give_up {
                         return None;
                     }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    tokio::time::sleep(backoff.step()).await;
                 }
             }
         }
     }
 
-    fn dead_record(
-        &self,
-        e: &Entry,
-        task: Option<&Task>,
-        reason: &str,
-        error: &str,
-        attempts: u32,
-    ) -> DeadLetter {
-        DeadLetter {
-            original_id: e.id.clone(),
-            task_id: task.map(|t| t.id.clone()),
-            kind: task.map(|t| t.kind.clone()),
-            reason: reason.to_string(),
-            error: error.to_string(),
-            attempts,
+    fn actor(&self) -> Actor {
+        Actor {
             worker_id: self.id.clone(),
             host: self.host.clone(),
-            dead_at: now_rfc3339(),
-            raw: e
-                .data
-                .as_deref()
-                .map(|d| String::from_utf8_lossy(d).into_owned()),
+            image_tag: self.image_tag(),
         }
     }
 
-    async fn dead_bad(&mut self, e: &Entry, code: &str, why: String) -> Handled {
-        let dl = self.dead_record(e, None, code, &why, 0);
-        self.metrics
-            .dead_lettered
-            .get_or_create(&labels(&[("reason", code)]))
-            .inc();
-        tracing::warn!(worker_id = %self.id, entry_id = %e.id, reason = code, error = %why, "bad entry dead-lettered");
-        let moved = self
-            .finish(
-                |q, id, me| {
-                    let dl = dl.clone();
-                    async move { q.dead_letter(&id, &me, &dl, None).await }
-                },
-                &e.id,
-            )
-            .await;
-        match moved {
-            Some(Moved::Done) => Handled::DeadLettered(code.to_string()),
-            Some(_) => Handled::Lost,
-            None => Handled::LeftPending,
-        }
-    }
-
-    async fn dead_task(
+    /// Dead-letter an entry. When its task id is known, the task's final
+    /// error result is saved first (`record`, or one built from the reason),
+    /// so `peagenctl task get ID` always answers; a save failure leaves the
+    /// entry pending.
+    async fn dead(
         &mut self,
         e: &Entry,
-        task: &Task,
+        known: &Known,
         reason: &str,
         msg: String,
         attempts: u32,
         record: Option<&ResultRecord>,
     ) -> Handled {
-        let mut rec = match record {
-            Some(r) => r.clone(),
-            None => ResultRecord {
-                task_id: task.id.clone(),
-                status: Status::Error,
-                data: serde_json::json!({}),
-                created_at: now_rfc3339(),
-                attempts,
-                retryable: false,
-                kind: task.kind.clone(),
-                handler: String::new(),
-                handler_version: String::new(),
-                image_tag: self.image_tag(),
-                worker_id: self.id.clone(),
-                host: self.host.clone(),
-                started_at: now_rfc3339(),
-                finished_at: now_rfc3339(),
-                trace_id: task.trace_id.clone(),
-            },
+        let by = self.actor();
+        let prepared = match &known.task_id {
+            Some(_) => {
+                let mut rec = match record {
+                    Some(r) => r.clone(),
+                    None => ResultRecord::dead(known, reason, &msg, attempts, &by),
+                };
+                if let serde_json::Value::Object(m) = &mut rec.data {
+                    m.insert("dead_letter_reason".into(), reason.into());
+                    m.entry("msg").or_insert_with(|| msg.clone().into());
+                }
+                match self.save(&rec).await {
+                    Some(p) => Some(p),
+                    None => return Handled::LeftPending,
+                }
+            }
+            None => None,
         };
-        if let serde_json::Value::Object(m) = &mut rec.data {
-            m.insert("dead_letter_reason".into(), reason.into());
-            m.entry("msg").or_insert_with(|| msg.clone().into());
-        }
-        let Some(result_json) = self.save(&rec).await else {
-            return Handled::LeftPending;
-        };
-        let dl = self.dead_record(e, Some(task), reason, &msg, attempts);
+        let dl = e.dead_letter(known, reason, msg, attempts, &by);
+        let keep = e.not_carried();
         self.metrics
             .dead_lettered
             .get_or_create(&labels(&[("reason", reason)]))
             .inc();
-        tracing::warn!(task_id = %task.id, worker_id = %self.id, trace_id = %task.trace_id.clone().unwrap_or_default(),
-            reason, attempts, error = %msg, "task dead-lettered");
+        let task_id = known.task_id.as_deref().unwrap_or_default();
+        tracing::warn!(task_id, worker_id = %self.id, entry_id = %e.id,
+            trace_id = %known.trace_id.as_deref().unwrap_or_default(),
+            reason, attempts, error = %dl.error, "dead-lettered");
         let moved = self
             .finish(
                 |q, id, me| {
                     let dl = dl.clone();
-                    let rj = result_json.clone();
-                    async move { q.dead_letter(&id, &me, &dl, rj.as_deref()).await }
+                    let p = prepared.clone();
+                    async move {
+                        let rj = p.as_ref().and_then(|p| p.script_json());
+                        q.dead_letter(&id, &me, &dl, rj, keep).await
+                    }
                 },
                 &e.id,
             )
             .await;
-        self.moved_to_handled(moved, Handled::DeadLettered(reason.to_string()), task)
+        self.moved_to_handled_id(moved, Handled::DeadLettered(reason.to_string()), task_id)
     }
 }
 
 /// How often a worker flushes its counter deltas to the host's Redis hash.
-pub const FLEET_FLUSH_EVERY: Duration = Duration::from_secs(5);
+pub(crate) const FLEET_FLUSH_EVERY: Duration = Duration::from_secs(5);
 
 /// Refresh `queue_pending_total{kind}` periodically (bounded scan).
-pub async fn pending_gauge_loop(queue: Arc<Queue>, m: WorkerMetrics, every: Duration) {
+pub(crate) async fn pending_gauge_loop(queue: Arc<Queue>, m: WorkerMetrics, every: Duration) {
     loop {
         if let Ok(by_kind) = queue.pending_by_kind(10_000).await {
             crate::metrics::set_by_kind(&m.queue_pending, by_kind);
@@ -798,9 +762,11 @@ async fn async_main(cfg: Config) -> i32 {
     let (tx, rx) = watch::channel(false);
     spawn_signal_listener(tx);
     // Connect with backoff: a worker started while Redis is down waits.
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::service();
+    let since = Instant::now();
+    let budget = Duration::from_secs(cfg.worker.idle_exit_secs);
     let queue = loop {
-        match Queue::connect(&cfg.redis).await {
+        match Queue::connect_for(&cfg).await {
             Ok(q) => break Arc::new(q),
             Err(e) => {
                 if *rx.borrow() {
@@ -810,10 +776,17 @@ async fn async_main(cfg: Config) -> i32 {
                         .inc();
                     return crate::exit::OK;
                 }
-                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot connect to Redis; retrying");
+                if !budget.is_zero() && since.elapsed() >= budget {
+                    // Same budget as an idle exit: a worker that never reached
+                    // Redis is not idle, it failed (its count cannot reach the
+                    // fleet hash without Redis; the exit status shows it).
+                    tracing::error!(error = %e, idle_exit_secs = budget.as_secs(),
+                        "Redis unreachable for longer than worker.idle-exit-secs; exiting with an error");
+                    return crate::exit::FAILURE;
+                }
+                tracing::warn!(error = %e, retry_in_ms = backoff.peek().as_millis() as u64, "cannot connect to Redis; retrying");
                 notify(&[NotifyState::Status(&format!("waiting for Redis: {e}"))]);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                tokio::time::sleep(backoff.step()).await;
             }
         }
     };
@@ -871,7 +844,7 @@ async fn async_main(cfg: Config) -> i32 {
 }
 
 /// SIGTERM/SIGINT flip the shutdown flag once; the loops drain and exit.
-pub fn spawn_signal_listener(tx: watch::Sender<bool>) {
+pub(crate) fn spawn_signal_listener(tx: watch::Sender<bool>) {
     use tokio::signal::unix::{signal, SignalKind};
     tokio::spawn(async move {
         let (Ok(mut term), Ok(mut int)) = (
