@@ -62,9 +62,10 @@ cargo test --no-run
 step "cargo test -- --include-ignored (unit + integration, root-only ones included:" \
      "real redis-server, systemd boxes, sandbox battery as root; about 3-6 min)"
 cargo test -- --include-ignored
-for s in scripts/test-sandbox-unprivileged.sh scripts/check-units.sh scripts/check-promtool.sh scripts/check-packages.sh; do
+for s in scripts/test-sandbox-unprivileged.sh clients/python/run-tests.sh scripts/check-units.sh scripts/check-promtool.sh scripts/check-packages.sh; do
     case $s in
         *unprivileged*) what="sandbox battery as an unprivileged user (about 1 min)" ;;
+        *python*) what="the Python client's tests (pytest in a venv) against a real redis-server and peagen-worker (about 1 min)" ;;
         *packages*) what="build the .deb and .rpm, lintian, install them in a systemd box (about 5 min)" ;;
         *) what="(seconds)" ;;
     esac
