@@ -40,7 +40,9 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-# Sorting approaches from slowest to fastest (rank = list index). Each is the
+# Sorting approaches from slowest to fastest (rank = list index; measured on
+# 1500 random ints: bubble ~1 s, insertion ~0.2 s, merge/quick ~5 ms, bisect and
+# heapq ~0.6 ms, sorted ~0.2 ms). Each is the
 # body of the answer's code block; `# approach:` names it, which is also how
 # the stand-in recognises a parent it wrote itself.
 APPROACHES = [
@@ -89,15 +91,6 @@ APPROACHES = [
         a[j + 1] = v
     return a
 '''),
-    ("insertion sort with binary search", '''import bisect
-
-def solve(xs):
-    # approach: insertion sort with binary search
-    out = []
-    for v in xs:
-        bisect.insort(out, v)
-    return out
-'''),
     ("merge sort", '''def solve(xs):
     # approach: merge sort
     a = list(xs)
@@ -121,6 +114,15 @@ def solve(xs):
     p = a[len(a) // 2]
     return (solve([x for x in a if x < p]) + [x for x in a if x == p]
             + solve([x for x in a if x > p]))
+'''),
+    ("insertion sort with binary search", '''import bisect
+
+def solve(xs):
+    # approach: insertion sort with binary search
+    out = []
+    for v in xs:
+        bisect.insort(out, v)
+    return out
 '''),
     ("heap sort (heapq)", '''import heapq
 
