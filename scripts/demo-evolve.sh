@@ -18,8 +18,8 @@
 # environment, and the demo greps results and journals for it at the end.
 #
 # Env: EVOLVE_GENERATIONS (8), EVOLVE_CHILDREN (4 mutate tasks a generation),
-# EVOLVE_BUDGET_TOKENS (workflow budget, 4000), EVOLVE_MAX_TOKENS (per task,
-# 400), EVOLVE_RPM (requests per minute, 20), EVOLVE_BURST (2), EVOLVE_SEED
+# EVOLVE_BUDGET_TOKENS (workflow budget, 6000), EVOLVE_MAX_TOKENS (per task,
+# 300), EVOLVE_RPM (requests per minute, 30), EVOLVE_BURST (2), EVOLVE_SEED
 # (stand-in seed, 7), EVOLVE_429_SHARE (stand-in 429 share, 0.1),
 # CARGO_TARGET_DIR, DEMO_PROFILE (debug|release).
 # EVOLVE_DIRECT_LLM=1 (debugging only): this script asks the LLM itself and
@@ -30,8 +30,8 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$here/target}
 PROFILE=${DEMO_PROFILE:-debug}
 GENS=${EVOLVE_GENERATIONS:-8}; KIDS=${EVOLVE_CHILDREN:-4}
-BUDGET=${EVOLVE_BUDGET_TOKENS:-4000}; MAXTOK=${EVOLVE_MAX_TOKENS:-400}
-RPM=${EVOLVE_RPM:-20}; BURST=${EVOLVE_BURST:-2}
+BUDGET=${EVOLVE_BUDGET_TOKENS:-6000}; MAXTOK=${EVOLVE_MAX_TOKENS:-300}
+RPM=${EVOLVE_RPM:-30}; BURST=${EVOLVE_BURST:-2}
 SEED=${EVOLVE_SEED:-7}; SHARE429=${EVOLVE_429_SHARE:-0.1}
 DIRECT=${EVOLVE_DIRECT_LLM:-0}
 [ "$(id -u)" = 0 ] || { echo "demo-evolve: run as root (it starts system units)" >&2; exit 1; }
@@ -122,11 +122,26 @@ scale-down-window-secs = 10
 [spawner.worker-unit]
 exec-start = ["$prefix/bin/peagen-worker", "--config", "$prefix/peagen.toml"]
 TOML
+install_file "$work/llm.key" "$prefix/llm.key"
 if [ "$DIRECT" != 1 ]; then
-    # Key names as settled by the LLM handler: the key file becomes the
-    # credential llm-key of every worker unit ($CREDENTIALS_DIRECTORY/llm-key).
+    # The key reaches the workers as the systemd credential llm-key
+    # ($CREDENTIALS_DIRECTORY/llm-key). Probe first: some systemd/kernel
+    # combinations (this project's test VM) give a non-root unit no access to
+    # its credentials; the demo then falls back to the worker environment.
+    if run_in systemd-run -q --wait --pipe -p DynamicUser=yes -p "LoadCredential=llm-key:$prefix/llm.key" \
+            sh -c 'test -r "$CREDENTIALS_DIRECTORY/llm-key"' 2>/dev/null; then
+        echo "==> API key: systemd credential llm-key of every worker unit (LoadCredential=)"
+        key_unit="load-credential = [\"llm-key:$prefix/llm.key\"]"
+        key_backend='api-key-credential = "llm-key"'
+    else
+        echo "==> API key: this systemd cannot hand a credential to a non-root unit here (Permission denied);"
+        echo "    falling back to the workers' environment (Environment=PEAGEN_LLM_KEY=..., visible to"
+        echo "    systemctl show: acceptable for the stand-in's throwaway key, not for production)"
+        key_unit="environment = [\"PEAGEN_LLM_KEY=$(cat "$work/llm.key")\"]"
+        key_backend='api-key-env = "PEAGEN_LLM_KEY"'
+    fi
     cat >> "$cfg" <<TOML
-load-credential = ["llm-key:$prefix/llm.key"]
+$key_unit
 [llm]
 # Wait at most 2 s in the worker for a rate-limit token, then hand the task
 # back to the delayed set (no attempt used).
@@ -135,7 +150,7 @@ rate-limit-max-wait-ms = 2000
 name = "$backend"
 base-url = "$llm_url"
 model = "$model"
-api-key-credential = "llm-key"
+$key_backend
 kinds = ["mutate"]
 timeout-ms = 60000
 requests-per-minute = $RPM
@@ -145,7 +160,6 @@ TOML
 fi
 for b in peagen-worker peagen-spawnerd; do install_file "$bin/$b" "$prefix/bin/$b"; done
 install_file "$cfg" "$prefix/peagen.toml"
-install_file "$work/llm.key" "$prefix/llm.key"
 ctl() { "$bin/peagenctl" --config "$cfg" "$@"; }
 
 echo "==> starting peagen-spawnerd"
@@ -154,7 +168,7 @@ run_in systemd-run -q --unit=peagen-spawnerd -p Type=notify -p WatchdogSec=30 \
 for _ in $(seq 100); do [ "$(run_in systemctl list-units --plain --no-legend 'peagen-worker@*' | grep -c running)" -ge 1 ] && break; sleep 0.1; done
 
 if [ "$DIRECT" != 1 ]; then
-    echo "==> workflow $wf: token budget $BUDGET (each mutate task reserves max_tokens=$MAXTOK before its call)"
+    echo "==> workflow $wf: token budget $BUDGET (a mutate task reserves max_tokens=$MAXTOK + a bound of its prompt before its call)"
     ctl budget set "$wf" --tokens "$BUDGET" | sed 's/^/    /'
     echo "==> backend $backend: $RPM requests/minute, burst $BURST, shared by the fleet (scope fleet)"
 else
