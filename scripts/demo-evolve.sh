@@ -360,6 +360,14 @@ for g in range(1, GENS + 1):
     if best:
         parent, parent_label = best[2], best[1]
         print(f"    best so far: {best[1]}", flush=True)
+    refused = [r for r in muts.values() if r.get("status") == "skip"]
+    if refused:
+        # As Peagen's orchestrator does: stop once the workflow's budget no
+        # longer covers a whole generation.
+        print(f"==> budget stop: {len(refused)} of {KIDS} mutate tasks of generation {g} were skipped "
+              f"({', '.join(sorted({(r.get('data') or {}).get('reason') for r in refused}))}); "
+              "the workflow's budget no longer covers a generation")
+        break
 print(f"==> best program: {best[1] if best else 'none'}; LLM tokens used by completed calls: {used}")
 PY
 
