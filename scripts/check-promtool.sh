@@ -6,13 +6,18 @@
 #  - Grafana dashboards: valid JSON, up to date with generate.py, every query
 #    parses as PromQL (promtool check rules on a generated rule file),
 #  - alerts and dashboards use only the metric names of the contract
-#    (packaging/prometheus/metric-names.txt).
+#    (packaging/prometheus/metric-names.txt), and dashboards only recorded
+#    series (peagen:...) that the rule file records.
 set -eu
 cd "$(dirname "$0")/.."
 P=packaging/prometheus
 G=packaging/grafana
 tmp=$(mktemp -d "${TMPDIR:-/var/tmp}/peagen-promtool.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT INT TERM
+command -v promtool >/dev/null || {
+    echo "check-promtool: promtool not found: install Debian's prometheus package (scripts/install-deps.sh)" >&2
+    exit 1
+}
 
 promtool check rules "$P/peagen-alerts.yml"
 promtool test rules "$P"/tests/*.test.yml
@@ -47,7 +52,9 @@ def check_names(text, where):
                 base = m[: -len(suf)]
         if base not in contract:
             fail.append(f"{where}: metric {m} is not in metric-names.txt")
-check_names("\n".join(re.findall(r"expr:.*(?:\n\s{10,}.*)*", open(f"{P}/peagen-alerts.yml").read())), "alerts")
+rules_text = open(f"{P}/peagen-alerts.yml").read()
+check_names("\n".join(re.findall(r"expr:.*(?:\n\s{10,}.*)*", rules_text)), "alerts")
+recorded = set(re.findall(r"^\s*- record:\s*(\S+)", rules_text, re.M))
 # Dashboards: collect queries into a rule file for promtool.
 rules = []
 for name in ("peagen-main.json", "peagen-cost.json"):
@@ -57,6 +64,9 @@ for name in ("peagen-main.json", "peagen-cost.json"):
         for t in p.get("targets", []):
             e = t["expr"]
             check_names(e, f"{name} panel {p['title']!r}")
+            for r in sorted(set(re.findall(r"\bpeagen:[a-z0-9_:]+", e))):
+                if r not in recorded:
+                    fail.append(f"{name} panel {p['title']!r}: {r} is not recorded by peagen-alerts.yml")
             e = e.replace("$instance", ".*").replace("$__range", "1h")
             rules.append({"record": f"peagen:dashboard:{len(rules)}", "expr": e})
 with open(f"{tmp}/dash.rules.yml", "w") as f:

@@ -133,34 +133,80 @@ main = dashboard("peagen-main", "Peagen fabric / Main", [
 
 cost = dashboard("peagen-cost", "Peagen fabric / Cost", [
     row(1, "LLM tokens", 0),
-    panel(2, "Tokens per second by kind", [
-        (f"sum by (kind) (rate(peagen_llm_tokens_total{I}[5m]))", "{{kind}}"),
-    ], 0, 1, 12, stack=True, desc="From usage.total_tokens in handler results (alert: spike > 3x previous hour)."),
-    panel(3, "Tokens in range", [
-        (f"sum(increase(peagen_llm_tokens_total{I}[$__range]))", "tokens"),
-    ], 12, 1, 6, kind="stat"),
-    panel(4, "Tokens per task by kind", [
-        (f"sum by (kind) (rate(peagen_llm_tokens_total{I}[1h])) / sum by (kind) (rate(peagen_tasks_total{I}[1h]))", "{{kind}}"),
-    ], 18, 1, 6),
-    row(5, "Worker time", 9),
-    panel(6, "Worker-seconds per second (average workers up / busy)", [
+    panel(2, "Tokens per second by backend", [
+        (f"sum by (backend) (rate(peagen_llm_tokens_total{I}[5m]))", "{{backend}}"),
+    ], 0, 1, 12, stack=True,
+          desc="Prompt + completion tokens from the LLM backends' usage numbers "
+               "(alert PeagenTokenSpike: over 10/s and 2x the previous hour)."),
+    panel(3, "Tokens per second by kind and type", [
+        (f"sum by (kind, type) (rate(peagen_llm_tokens_total{I}[5m]))", "{{kind}} {{type}}"),
+    ], 12, 1, 6, stack=True, desc="type = prompt or completion (providers price them differently)."),
+    panel(4, "Tokens in range by backend", [
+        (f"sum by (backend) (increase(peagen_llm_tokens_total{I}[$__range]))", "{{backend}}"),
+    ], 18, 1, 6, kind="stat"),
+    row(5, "Budget", 9),
+    panel(6, "30-day forecast vs budget (tokens)", [
+        ("peagen:llm_tokens:forecast_30d", "forecast: last 24 h's rate x 30 days"),
+        ("peagen:llm_tokens:used_30d", "used in the last 30 days"),
+        ("peagen:llm_budget_tokens:30d", "budget"),
+    ], 0, 10, 12,
+          desc="Recorded by peagen-alerts.yml (group peagen-llm-budget; the budget is a constant "
+               "there). Alerts: forecast above budget for 30 min (warning), used above 80 % "
+               "(critical). Fleet-wide: the host filter does not apply."),
+    panel(7, "Forecast cost, 30 days", [
+        ("peagen:llm_cost:forecast_30d", "cost"),
+    ], 12, 10, 6, kind="stat",
+          desc="Forecast tokens x peagen:llm_price_per_1k_tokens / 1000 (a constant in "
+               "peagen-alerts.yml), in your currency."),
+    panel(8, "Budget refusals by reason (per 5 min)", [
+        (f"sum by (reason) (increase(peagen_budget_refusals_total{I}[5m]))", "{{reason}}"),
+    ], 18, 10, 6,
+          desc="Tasks finished as skip without an LLM call: budget_exhausted (workflow token "
+               "budget) or run_timeout (workflow run timeout). peagenctl budget show WORKFLOW."),
+    row(9, "LLM requests and rate limits", 18),
+    panel(10, "Requests per second by backend and outcome", [
+        (f"sum by (backend, outcome) (rate(peagen_llm_requests_total{I}[5m]))", "{{backend}} {{outcome}}"),
+    ], 0, 19, 8, unit="reqps", stack=True,
+          desc="outcome: ok, rate_limited (provider 429), server_error, client_error, timeout, "
+               "connect_error, bad_response."),
+    panel(11, "Request latency p50 / p95 by backend", [
+        (f"histogram_quantile(0.5, sum by (backend, le) (rate(peagen_llm_request_duration_seconds_bucket{I}[5m])))", "p50 {{backend}}"),
+        (f"histogram_quantile(0.95, sum by (backend, le) (rate(peagen_llm_request_duration_seconds_bucket{I}[5m])))", "p95 {{backend}}"),
+    ], 8, 19, 8, unit="s"),
+    panel(12, "Rate-limit waits and deferrals", [
+        (f"sum by (backend) (rate(peagen_llm_ratelimit_wait_seconds_total{I}[5m]))", "waiting workers {{backend}}"),
+        (f"sum by (backend) (rate(peagen_llm_ratelimit_deferred_total{I}[5m])) * 60", "deferrals/min {{backend}}"),
+    ], 16, 19, 8,
+          desc="Seconds spent waiting for a rate-limit token per second (= workers waiting on "
+               "average), and tasks handed back to the delayed set per minute because no token "
+               "came in time (alert: more than 5 per 5 min for 15 min)."),
+    row(13, "Worker time", 27),
+    panel(14, "Worker-seconds per second by task kind", [
+        (f"sum by (kind) (rate(peagen_worker_runtime_seconds_total{I}[5m]))", "{{kind}}"),
+    ], 0, 28, 12, stack=True,
+          desc="Time workers spent running each kind (average workers busy with it): the "
+               "compute cost of mutate vs execute."),
+    panel(15, "Worker-hours in range by kind", [
+        (f"sum by (kind) (increase(peagen_worker_runtime_seconds_total{I}[$__range])) / 3600", "{{kind}}"),
+    ], 12, 28, 6, kind="stat", desc="Multiply by the hourly price of a worker slot for cost."),
+    panel(16, "Utilisation (busy / up)", [
+        (f"sum(rate(peagen_worker_busy_seconds_total{I}[1h])) / sum(rate(peagen_worker_up_seconds_total{I}[1h]))", "busy share"),
+    ], 18, 28, 6, unit="percentunit", kind="stat",
+          desc="Low utilisation: lower spawner.warm-pool or idle-timeout-secs."),
+    panel(17, "Worker-seconds per second (average workers up / busy)", [
         (f"sum(rate(peagen_worker_up_seconds_total{I}[5m]))", "up"),
         (f"sum(rate(peagen_worker_busy_seconds_total{I}[5m]))", "busy"),
-    ], 0, 10, 12),
-    panel(7, "Worker-hours in range", [
+    ], 0, 36, 8),
+    panel(18, "Worker-hours up in range", [
         (f"sum(increase(peagen_worker_up_seconds_total{I}[$__range])) / 3600", "worker-hours"),
-    ], 12, 10, 6, kind="stat", desc="Multiply by the hourly price of a worker slot for cost."),
-    panel(8, "Utilisation (busy / up)", [
-        (f"sum(rate(peagen_worker_busy_seconds_total{I}[1h])) / sum(rate(peagen_worker_up_seconds_total{I}[1h]))", "busy share"),
-    ], 18, 10, 6, unit="percentunit", kind="stat",
-          desc="Low utilisation: lower spawner.warm-pool or idle-timeout-secs."),
-    panel(9, "Worker-seconds per task by kind", [
-        (f"sum by (kind) (rate(peagen_task_duration_seconds_sum{I}[1h])) / sum by (kind) (rate(peagen_task_duration_seconds_count{I}[1h]))", "{{kind}}"),
-    ], 0, 18, 12, unit="s"),
-    panel(10, "Tasks completed in range by kind", [
+    ], 8, 36, 4, kind="stat", desc="Includes idle warm-pool time."),
+    panel(19, "Tokens per task by kind", [
+        (f"sum by (kind) (rate(peagen_llm_tokens_total{I}[1h])) / sum by (kind) (rate(peagen_tasks_total{I}[1h]))", "{{kind}}"),
+    ], 12, 36, 6),
+    panel(20, "Tasks completed in range by kind", [
         (f"sum by (kind) (increase(peagen_tasks_total{I}[$__range]))", "{{kind}}"),
-    ], 12, 18, 12, kind="stat"),
-], "LLM tokens and worker time of the Peagen task fabric, for cost accounting.")
+    ], 18, 36, 6, kind="stat"),
+], "LLM tokens, budget forecast, rate limits and worker time of the Peagen task fabric, for cost accounting.")
 
 here = os.path.dirname(os.path.abspath(__file__))
 out = {"peagen-main.json": main, "peagen-cost.json": cost}
