@@ -25,7 +25,7 @@ fn repo(p: &str) -> PathBuf {
 }
 
 #[test]
-fn bash_completion_knows_every_subcommand_and_the_sandbox_run_flags() {
+fn bash_completion_knows_every_subcommand() {
     let ctl = peagenctl(&["completions", "bash"]);
     for w in [
         "push",
@@ -39,6 +39,14 @@ fn bash_completion_knows_every_subcommand_and_the_sandbox_run_flags() {
         assert!(ctl.contains(w), "peagenctl bash completion lacks {w}");
     }
     assert!(ctl.contains("complete -F _peagenctl"), "{ctl}");
+    let spawnerd = peagenctl(&["completions", "zsh", "--program", "peagen-spawnerd"]);
+    assert!(spawnerd.contains("--config"), "{spawnerd}");
+}
+
+/// Needs the clap definition of `sandbox-run` (its flags were hidden under a
+/// catch-all argument, so no completion could know them).
+#[test]
+fn bash_completion_has_the_sandbox_run_flags() {
     let worker = peagenctl(&["completions", "bash", "--program", "peagen-worker"]);
     assert!(worker.contains("sandbox-run"), "{worker}");
     for flag in [
@@ -58,8 +66,6 @@ fn bash_completion_knows_every_subcommand_and_the_sandbox_run_flags() {
             "peagen-worker bash completion lacks the sandbox-run flag {flag}"
         );
     }
-    let spawnerd = peagenctl(&["completions", "zsh", "--program", "peagen-spawnerd"]);
-    assert!(spawnerd.contains("--config"), "{spawnerd}");
 }
 
 #[test]

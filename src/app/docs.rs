@@ -82,6 +82,7 @@ fn strip_comments(roff: &str) -> String {
 
 /// The man page of `program` (roff).
 pub fn man_page(program: &str, cmd: clap::Command) -> std::io::Result<Vec<u8>> {
+    let cmd_for_commands = cmd.clone();
     let man = clap_mangen::Man::new(cmd)
         .section(man_section(program))
         .manual(if program == "peagenctl" {
@@ -98,9 +99,102 @@ pub fn man_page(program: &str, cmd: clap::Command) -> std::io::Result<Vec<u8>> {
     out.extend_from_slice(b".SH DESCRIPTION\n");
     out.extend_from_slice(strip_comments(description).as_bytes());
     man.render_options_section(&mut out)?;
-    man.render_subcommands_section(&mut out)?;
+    let mut commands = String::new();
+    for sub in cmd_for_commands.get_subcommands() {
+        render_command(&mut commands, cmd_for_commands.get_name(), sub);
+    }
+    if !commands.is_empty() {
+        out.extend_from_slice(b".SH COMMANDS\n");
+        out.extend_from_slice(commands.as_bytes());
+    }
     out.extend_from_slice(strip_comments(sections).as_bytes());
     Ok(out)
+}
+
+/// Roff-escape text for a line that is not a request.
+fn roff(text: &str) -> String {
+    let t = text.replace('\\', "\\e").replace('-', "\\-");
+    if t.starts_with('.') || t.starts_with('\'') {
+        format!("\\&{t}")
+    } else {
+        t
+    }
+}
+
+/// Every leaf command with its full path, description and options, so one
+/// page documents `peagenctl queue dlq export` and the rest (clap_mangen's
+/// own section would point at per-command pages that are not shipped).
+fn render_command(out: &mut String, parent: &str, cmd: &clap::Command) {
+    if cmd.get_name() == "help" || cmd.is_hide_set() {
+        return;
+    }
+    let path = format!("{parent} {}", cmd.get_name());
+    if cmd.has_subcommands() {
+        for sub in cmd.get_subcommands() {
+            render_command(out, &path, sub);
+        }
+        return;
+    }
+    let mut synopsis = String::new();
+    for a in cmd
+        .get_arguments()
+        .filter(|a| !a.is_global_set() && !a.is_hide_set())
+    {
+        let id = a.get_id().as_str();
+        if id == "help" || id == "version" {
+            continue;
+        }
+        let value = a
+            .get_value_names()
+            .and_then(|v| v.first())
+            .map(|v| v.to_string())
+            .unwrap_or_else(|| id.to_uppercase());
+        let takes_value = a.get_action().takes_values();
+        let item = match (a.get_long(), a.get_short(), takes_value) {
+            (Some(l), _, true) => format!("--{l} {value}"),
+            (Some(l), _, false) => format!("--{l}"),
+            (None, Some(c), true) => format!("-{c} {value}"),
+            (None, Some(c), false) => format!("-{c}"),
+            (None, None, _) if a.get_num_args().is_some_and(|n| n.max_values() > 1) => {
+                format!("{value}...")
+            }
+            (None, None, _) => value,
+        };
+        synopsis.push_str(&if a.is_required_set() {
+            format!(" {item}")
+        } else {
+            format!(" [{item}]")
+        });
+    }
+    out.push_str(&format!(
+        ".TP\n\\fB{}\\fR{}\n",
+        roff(&path),
+        roff(&synopsis)
+    ));
+    if let Some(about) = cmd.get_long_about().or(cmd.get_about()) {
+        out.push_str(&format!("{}\n", roff(&about.to_string())));
+    }
+    for a in cmd
+        .get_arguments()
+        .filter(|a| !a.is_global_set() && !a.is_hide_set())
+    {
+        let id = a.get_id().as_str();
+        let Some(help) = a.get_help() else { continue };
+        if id == "help" || id == "version" {
+            continue;
+        }
+        let name = match (a.get_long(), a.get_short()) {
+            (Some(l), Some(c)) => format!("-{c}, --{l}"),
+            (Some(l), None) => format!("--{l}"),
+            (None, Some(c)) => format!("-{c}"),
+            (None, None) => id.to_uppercase(),
+        };
+        out.push_str(&format!(
+            ".br\n\\fI{}\\fR: {}\n",
+            roff(&name),
+            roff(&help.to_string())
+        ));
+    }
 }
 
 /// Write every program's man page into `dir` (`peagenctl.1`,
