@@ -111,12 +111,14 @@ fn metrics_endpoint_backs_off_when_out_of_file_descriptors() {
     let t0 = cpu_ticks(pid);
     std::thread::sleep(Duration::from_secs(4));
     let used = cpu_ticks(pid) - t0;
+    eprintln!("CPU ticks used in the window: {used}");
     drop(held);
     let log = std::fs::read_to_string(dir.path().join("stderr")).unwrap_or_default();
-    // A spin uses the whole window (~400 ticks at 100 Hz, still well above
-    // the bound on a loaded machine); a backing-off loop a handful.
+    // A backing-off loop uses 0-2 ticks here; a spin uses its whole share
+    // of a core: 400 ticks at 100 Hz when idle, and still ~80 with a load
+    // average of 12 on 2 cores (measured with the backoff removed).
     assert!(
-        used < 60,
+        used < 20,
         "peagen-spawnerd used {used} CPU ticks in 4 s while out of descriptors (busy accept loop?)\n{log}"
     );
     assert!(
