@@ -603,10 +603,11 @@ async fn wait_for_redis(
                 .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
         {
             match &hint {
-                Some(h) => tracing::error!(redis = %redis, error = %error, "{h}"),
+                // Address and error in the message too: `journalctl` shows only the message.
+                Some(h) => tracing::error!(redis = %redis, error = %error, "{h} (error: {error})"),
                 None => {
                     tracing::warn!(redis = %redis, error = %error, retry_in_ms = backoff.as_millis() as u64,
-                    "cannot reach Redis; the spawner is running and starts workers once Redis answers")
+                    "cannot reach Redis at {redis}: {error}; the spawner is running and starts workers once Redis answers")
                 }
             }
             last_said = (error.clone(), Some(Instant::now()));
