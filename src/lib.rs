@@ -9,7 +9,7 @@ pub mod config;
 pub mod ctl;
 pub mod exit;
 pub mod handlers;
-pub mod inventory;
+pub(crate) mod inventory;
 pub mod metrics;
 pub mod policy;
 pub mod queue;

@@ -460,7 +460,7 @@ impl Spawner {
 /// What the program's entry point asks of the daemon (it owns the signals:
 /// SIGTERM/SIGINT mean [`Control::Stop`], SIGHUP [`Control::Reload`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Control {
+pub(crate) enum Control {
     Stop,
     Reload,
 }
@@ -665,7 +665,7 @@ async fn wait_for_redis(
 /// address and the error, and the connection is retried in the background.
 /// A start job that hangs on a remote service helps nobody: `systemctl
 /// status` says what is wrong instead, and the unit does not restart-loop.
-pub async fn run(
+pub(crate) async fn run(
     cfg: Config,
     cfg_path: Option<PathBuf>,
     mut ctl: mpsc::UnboundedReceiver<Control>,

@@ -17,16 +17,16 @@ use tokio::sync::watch;
     version,
     about = "Consume Peagen tasks from Redis Streams and run them"
 )]
-pub struct WorkerCli {
+pub(crate) struct WorkerCli {
     /// Config file (default /etc/peagen/peagen.toml if it exists, else built-in defaults).
     #[arg(long, short = 'c', global = true)]
-    pub config: Option<std::path::PathBuf>,
+    pub(crate) config: Option<std::path::PathBuf>,
     #[command(subcommand)]
-    pub cmd: Option<WorkerCmd>,
+    pub(crate) cmd: Option<WorkerCmd>,
 }
 
 #[derive(clap::Subcommand, Debug)]
-pub enum WorkerCmd {
+pub(crate) enum WorkerCmd {
     /// Run the consume loop (the default).
     Run,
     /// Run a command in the execute sandbox and print its verdict (debugging).
