@@ -14,8 +14,8 @@ mod fleet;
 mod http;
 
 pub use fleet::{
-    fleet_deltas, fleet_series, parse_series, series_text, FleetCollector, FleetDeltas, FleetSink,
-    Num,
+    fleet_deltas, fleet_series, parse_series, series_text, DeltaStore, FleetCollector, FleetDeltas,
+    FleetSink, Num,
 };
 pub(crate) use http::serve;
 
