@@ -1,14 +1,16 @@
 //! Peagen's task fabric for plain systemd hosts.
 //!
 //! One module per concern; the binaries in `src/bin/` are thin shims over
-//! the `*::main` functions here. `unsafe` lives only in [`sandbox`].
+//! the entry points in [`app`] (and [`ctl`]). `unsafe` lives only in [`sandbox`].
 #![deny(unsafe_code)]
 
+pub mod app;
 pub(crate) mod backoff;
 pub mod config;
 pub mod ctl;
 pub mod exit;
 pub mod handlers;
+pub(crate) mod inventory;
 pub mod metrics;
 pub mod policy;
 pub mod queue;

@@ -56,6 +56,10 @@ const ENTRY_OVERHEAD: usize = 4096;
 /// Most tasks one `push_many` round trip carries.
 pub(crate) const PUSH_BATCH: usize = 1000;
 
+/// Most delayed retries one promotion moves (the next one takes the rest);
+/// workers and the spawner both promote.
+pub const PROMOTE_BATCH: usize = 100;
+
 /// One stream entry as read by this crate. Reads never copy an entry over
 /// the size limit to the client: such an entry arrives as its size only.
 #[derive(Debug, Clone, Default)]
