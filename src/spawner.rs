@@ -588,7 +588,8 @@ async fn wait_for_redis(
     first_error: anyhow::Error,
 ) -> Option<Queue> {
     let watchdog = crate::telemetry::watchdog_interval();
-    let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
+    let mut backoff =
+        crate::backoff::Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
     let mut err = first_error;
     let mut last_said = (String::new(), None::<Instant>);
     loop {

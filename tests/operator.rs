@@ -7,10 +7,10 @@
 
 mod support;
 
-use support::eventually;
-use support::systemd_box::{TestBox, CONFIG_IN_BOX};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+use support::eventually;
+use support::systemd_box::{TestBox, CONFIG_IN_BOX};
 
 const LONG: Duration = Duration::from_secs(60);
 const UNIT: &str = "/etc/systemd/system/peagen-spawnerd.service";
