@@ -9,14 +9,23 @@
 //! enforces wall clock, output caps and (via cgroup accounting) total CPU
 //! time, and returns a [`Verdict`]. See `docs/security.md`.
 //!
-//! The child side runs between `clone` and `execve` in a possibly
-//! multi-threaded process, so it only calls async-signal-safe libc functions
-//! on data prepared before the clone (see `spawn.rs`).
+//! Layout, by what the code does:
+//! - `plan.rs`: everything the child will need, built before `clone` as
+//!   plain data (safe code, unit-tested as data);
+//! - `child.rs`: the child from `clone` to `execve`, raw syscalls only, in
+//!   the worker's memory (no allocation, no panic: lint-enforced);
+//! - `supervise.rs`: launch, supervision (limits, output) and the verdict;
+//! - `proto.rs`: the child -> supervisor messages and set-up steps;
+//! - `sys.rs` (clone onto our own stack), `cgroup.rs`, `filter.rs`
+//!   (seccomp program, landlock constants), `cli.rs` (`sandbox-run`).
 
 mod cgroup;
-mod cli;
+mod child;
+pub mod cli;
 mod filter;
-mod spawn;
+mod plan;
+mod proto;
+mod supervise;
 mod sys;
 
 pub use cli::run_cli;
@@ -179,6 +188,34 @@ impl Request {
             ..Request::default()
         }
     }
+
+    /// Check what [`Sandbox::run`] would refuse (as a `runtime_error`
+    /// verdict "bad request: ...") without running anything.
+    pub fn validate(&self) -> Result<(), RequestError> {
+        match self.argv.first() {
+            None => return Err(RequestError::EmptyArgv),
+            Some(a) if a.is_empty() => return Err(RequestError::EmptyArgv),
+            Some(_) => {}
+        }
+        if self.argv.iter().any(|a| a.contains('\0')) {
+            return Err(RequestError::Nul("argv"));
+        }
+        for (k, v) in &self.env {
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                return Err(RequestError::EnvName(k.clone()));
+            }
+            if v.contains('\0') {
+                return Err(RequestError::Nul("env"));
+            }
+        }
+        if self.files.len() > MAX_FILES {
+            return Err(RequestError::TooManyFiles(self.files.len(), MAX_FILES));
+        }
+        for rel in self.files.keys() {
+            check_rel_path(rel)?;
+        }
+        Ok(())
+    }
 }
 
 /// Errors in a request (user input), reported before anything runs.
@@ -196,6 +233,24 @@ pub enum RequestError {
     TooManyFiles(usize, usize),
 }
 
+/// Why a [`Sandbox`] cannot be built from its config.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("sandbox.ro-binds: {} must be an absolute path other than /", .0.display())]
+    RoBind(PathBuf),
+    #[error("sandbox: no staging directory (/mnt, /media, /srv, /opt or /tmp) exists")]
+    NoStaging,
+    #[error("sandbox: {what}: {err}")]
+    Netns {
+        what: &'static str,
+        err: std::io::Error,
+    },
+    #[error("sandbox: netns thread panicked")]
+    NetnsThread,
+    #[error("sandbox: seccomp: {0}")]
+    Seccomp(#[from] filter::SeccompError),
+}
+
 /// Work dir inside the sandbox.
 pub const WORK_DIR: &str = "/work";
 const MAX_FILES: usize = 1000;
@@ -204,13 +259,13 @@ const MAX_FILES: usize = 1000;
 /// backends detected); [`Sandbox::run`] is then cheap and thread-safe.
 pub struct Sandbox {
     cfg: SandboxConfig,
-    fixed: Arc<spawn::Fixed>,
+    fixed: Arc<plan::Fixed>,
     cgroups: cgroup::Backends,
 }
 
 impl Sandbox {
-    pub fn new(cfg: &SandboxConfig) -> Result<Sandbox, String> {
-        let fixed = spawn::Fixed::new(cfg)?;
+    pub fn new(cfg: &SandboxConfig) -> Result<Sandbox, SandboxError> {
+        let fixed = plan::Fixed::new(cfg)?;
         let cgroups = cgroup::Backends::detect(&cfg.cgroup_parent);
         Ok(Sandbox {
             cfg: cfg.clone(),
@@ -226,7 +281,7 @@ impl Sandbox {
     /// Run one request to completion (blocking; use [`Sandbox::run_async`]
     /// from async code).
     pub fn run(&self, req: &Request) -> Verdict {
-        spawn::run(self, req)
+        supervise::run(self, req)
     }
 
     /// [`Sandbox::run`] on tokio's blocking pool.
