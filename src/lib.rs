@@ -1,8 +1,9 @@
 //! Peagen's task fabric for plain systemd hosts.
 //!
 //! One module per concern; the binaries in `src/bin/` are thin shims over
-//! the `*::main` functions here. `unsafe` lives only in [`sandbox`].
-#![deny(unsafe_code)]
+//! the `*::main` functions here. No `unsafe` here: it lives only in the
+//! `peagen-sandbox` crate (re-exported as [`sandbox`]).
+#![forbid(unsafe_code)]
 
 pub mod config;
 pub mod ctl;
@@ -14,7 +15,6 @@ pub mod queue;
 pub mod redis_target;
 pub mod results;
 pub mod retry;
-#[allow(unsafe_code)]
 pub mod sandbox;
 pub mod spawner;
 pub mod systemd;

@@ -5,7 +5,7 @@
 use super::filter::{self, BpfProgram};
 use super::sys::Stacks;
 use super::{cstr, Effective, Request, RequestError, SandboxError, WORK_DIR};
-use crate::config::SandboxConfig;
+use crate::SandboxConfig;
 use libc::{c_char, c_int, c_ulong};
 use std::ffi::CString;
 use std::os::fd::OwnedFd;
@@ -157,24 +157,6 @@ fn mkdir_p(staging: &Path, dir: &Path, ops: &mut Vec<Op>, made: &mut Vec<PathBuf
     made.push(dir.to_path_buf());
 }
 
-fn landlock_abi() -> u32 {
-    // SAFETY: querying the ABI version takes no pointer (NULL, 0) and only
-    // returns a number or -1.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_create_ruleset,
-            std::ptr::null::<libc::c_void>(),
-            0usize,
-            filter::LL_CREATE_RULESET_VERSION,
-        )
-    };
-    if r < 0 {
-        0
-    } else {
-        r as u32
-    }
-}
-
 /// Create an empty network namespace (on a short-lived thread, so no
 /// other thread changes namespace) and return (it, our own netns).
 fn make_empty_netns() -> Result<(OwnedFd, OwnedFd), SandboxError> {
@@ -283,7 +265,7 @@ impl Fixed {
         } else {
             (euid, egid)
         };
-        let abi = landlock_abi();
+        let abi = super::sys::landlock_abi();
         let share_vm = super::sys::CAN_SHARE_VM && abi > 0;
         if share_vm && privileged {
             // A root worker's memory turns non-dumpable anyway once a reaper
@@ -600,7 +582,7 @@ mod tests {
         };
         let eff = Effective::new(
             &cfg,
-            &crate::sandbox::LimitRequest {
+            &crate::LimitRequest {
                 cpu_ms: Some(1500),
                 file_size_bytes: Some(7),
                 ..Default::default()

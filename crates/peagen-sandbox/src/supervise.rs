@@ -658,7 +658,7 @@ impl Capture {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::SandboxConfig;
+    use crate::SandboxConfig;
 
     fn verdict() -> Verdict {
         let cfg = SandboxConfig::default();
@@ -673,7 +673,7 @@ mod tests {
                 output_bytes: en(1, Mechanism::None),
                 tmpfs_bytes: en(1, Mechanism::None),
             },
-            super::super::Isolation {
+            crate::Isolation {
                 namespaces: vec![],
                 host_uid: cfg.uid,
                 landlock_abi: 0,
