@@ -1,8 +1,9 @@
 //! Peagen's task fabric for plain systemd hosts.
 //!
 //! One module per concern; the binaries in `src/bin/` are thin shims over
-//! the entry points in [`app`] (and [`ctl`]). `unsafe` lives only in [`sandbox`].
-#![deny(unsafe_code)]
+//! the entry points in [`app`] (and [`ctl`]). No `unsafe` here: it lives only
+//! in the `peagen-sandbox` crate (re-exported as [`sandbox`]).
+#![forbid(unsafe_code)]
 
 pub mod app;
 pub(crate) mod backoff;
@@ -18,7 +19,6 @@ pub(crate) mod redact;
 pub mod redis_target;
 pub mod results;
 pub mod retry;
-#[allow(unsafe_code)]
 pub mod sandbox;
 pub mod spawner;
 pub mod systemd;

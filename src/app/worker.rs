@@ -30,19 +30,19 @@ pub(crate) enum WorkerCmd {
     /// Run the consume loop (the default).
     Run,
     /// Run a command in the execute sandbox and print its verdict (debugging).
-    #[command(disable_help_flag = true)]
-    SandboxRun {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
-    },
+    #[command(after_help = crate::sandbox::cli::EXIT_HELP)]
+    SandboxRun(Box<crate::sandbox::cli::SandboxRunArgs>),
 }
 
 /// `peagen-worker` entry point; returns the process exit code.
 pub fn cli_main() -> i32 {
     use clap::Parser;
-    let cli = WorkerCli::parse();
-    if let Some(WorkerCmd::SandboxRun { args }) = cli.cmd {
-        return crate::sandbox::run_cli(args);
+    let cli = match WorkerCli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return crate::sandbox::cli::usage_exit(&e),
+    };
+    if let Some(WorkerCmd::SandboxRun(args)) = cli.cmd {
+        return crate::sandbox::cli::run_args(&args);
     }
     // One thread: the consume loop is sequential and every handler is async
     // (blocking work goes to spawn_blocking). A multi-thread runtime only

@@ -23,7 +23,11 @@ pub struct Command {
 
 impl Command {
     pub fn new(cfg: CommandHandlerConfig, sandbox: SandboxConfig) -> Self {
-        let sandbox = cfg.sandbox.then(|| Sandbox::new(&sandbox).map(Arc::new));
+        let sandbox = cfg.sandbox.then(|| {
+            Sandbox::new(&sandbox)
+                .map(Arc::new)
+                .map_err(|e| e.to_string())
+        });
         Command { cfg, sandbox }
     }
 

@@ -32,7 +32,7 @@ pub struct Execute {
 
 impl Execute {
     pub fn new(cfg: SandboxConfig) -> Self {
-        let sandbox = Sandbox::new(&cfg).map(Arc::new);
+        let sandbox = Sandbox::new(&cfg).map(Arc::new).map_err(|e| e.to_string());
         Execute { cfg, sandbox }
     }
 }

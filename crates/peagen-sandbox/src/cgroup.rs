@@ -24,7 +24,7 @@
 use super::Mechanism;
 use std::fs;
 use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -480,13 +480,12 @@ impl TaskCgroups {
         if !self.files.write(p, "memory.oom_control", "1") {
             return;
         }
-        // SAFETY: eventfd takes no pointer; the result is checked.
-        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if efd < 0 {
+        use nix::sys::eventfd::{EfdFlags, EventFd};
+        let flags = EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK;
+        let Ok(efd) = EventFd::from_value_and_flags(0, flags) else {
             return;
-        }
-        // SAFETY: a fresh descriptor we own from here on.
-        let efd = fs::File::from(unsafe { OwnedFd::from_raw_fd(efd) });
+        };
+        let efd = fs::File::from(OwnedFd::from(efd));
         let Some(ctl) = self.files.get(p, "memory.oom_control") else {
             return;
         };
@@ -497,8 +496,8 @@ impl TaskCgroups {
     }
 
     /// The eventfd that fires when the task hits its memory limit.
-    pub fn oom_event_fd(&self) -> Option<i32> {
-        self.oom_event.as_ref().map(|f| f.as_raw_fd())
+    pub fn oom_event(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.oom_event.as_ref().map(|f| f.as_fd())
     }
 
     /// The reaper may share the worker's memory: no memory cgroup, or a v1

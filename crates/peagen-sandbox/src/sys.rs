@@ -104,6 +104,25 @@ pub unsafe fn clone_on(
     }
 }
 
+/// The kernel's landlock ABI version; 0 when landlock is unavailable.
+pub fn landlock_abi() -> u32 {
+    // SAFETY: querying the ABI version takes no pointer (NULL, 0) and only
+    // returns a number or -1.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            super::filter::LL_CREATE_RULESET_VERSION,
+        )
+    };
+    if r < 0 {
+        0
+    } else {
+        r as u32
+    }
+}
+
 const PAGE: usize = 4096;
 const GUARD: usize = PAGE;
 /// The reaper's set-up runs on this (a few KiB used; room for the stack

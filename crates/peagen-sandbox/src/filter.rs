@@ -208,8 +208,17 @@ fn search(rules: &[(u32, Action)]) -> Vec<sock_filter> {
     out
 }
 
+/// A seccomp program that cannot be built (a bug in the rules here).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SeccompError {
+    #[error("a syscall is listed twice")]
+    Duplicate,
+    #[error("program too long")]
+    TooLong,
+}
+
 /// The seccomp program (installed last, after landlock).
-pub fn program(opts: FilterOptions) -> Result<BpfProgram, String> {
+pub fn program(opts: FilterOptions) -> Result<BpfProgram, SeccompError> {
     let mut rules: Vec<(u32, Action)> = DENY
         .iter()
         .chain(DENY_LEGACY)
@@ -228,7 +237,7 @@ pub fn program(opts: FilterOptions) -> Result<BpfProgram, String> {
     }
     rules.sort_by_key(|r| r.0);
     if rules.windows(2).any(|w| w[0].0 == w[1].0) {
-        return Err("seccomp: a syscall is listed twice".into());
+        return Err(SeccompError::Duplicate);
     }
     let mut prog = vec![
         ins(LD_W_ABS, 0, 0, OFF_ARCH),
@@ -242,7 +251,7 @@ pub fn program(opts: FilterOptions) -> Result<BpfProgram, String> {
     }
     prog.extend(search(&rules));
     if prog.len() > 4096 {
-        return Err("seccomp: program too long".into());
+        return Err(SeccompError::TooLong);
     }
     Ok(prog)
 }
