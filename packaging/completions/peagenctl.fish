@@ -45,7 +45,7 @@ complete -c peagenctl -n "__fish_peagenctl_using_subcommand push" -l timeout-ms 
 complete -c peagenctl -n "__fish_peagenctl_using_subcommand push" -l deadline -d 'RFC 3339 time after which the task must not start' -r
 complete -c peagenctl -n "__fish_peagenctl_using_subcommand push" -l trace-id -d 'W3C traceparent' -r
 complete -c peagenctl -n "__fish_peagenctl_using_subcommand push" -l file -d 'Read task documents (one JSON object per line) from FILE, or - for stdin' -r -F
-complete -c peagenctl -n "__fish_peagenctl_using_subcommand push" -l count -d 'Push N copies (ids suffixed -1..-N when --id is given)' -r
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand push" -l count -d 'Push N copies, 1 to 1000000 (ids suffixed -1..-N when --id is given); sent in batches of 1000' -r
 complete -c peagenctl -n "__fish_peagenctl_using_subcommand push" -s c -l config -d 'Config file (default /etc/peagen/peagen.toml if it exists, else built-in defaults)' -r -F
 complete -c peagenctl -n "__fish_peagenctl_using_subcommand push" -l json -d 'Machine-readable JSON output'
 complete -c peagenctl -n "__fish_peagenctl_using_subcommand push" -s h -l help -d 'Print help'
