@@ -59,15 +59,20 @@ step "cargo clippy --all-targets -- -D warnings" \
 cargo clippy --all-targets -- -D warnings
 step "build the test binaries (a first build: several minutes; cargo shows each crate)"
 cargo test --no-run
+step "cargo build --release --locked --bins (for the unit checks; a first release build takes" \
+     "10-15 min on 2 cores, cargo shows each crate)"
+cargo build --release --locked --bins
 step "cargo test -- --include-ignored (unit + integration, root-only ones included:" \
      "real redis-server, systemd boxes, sandbox battery as root; about 3-6 min)"
 cargo test -- --include-ignored
 for s in scripts/test-sandbox-unprivileged.sh clients/python/run-tests.sh scripts/check-units.sh scripts/check-promtool.sh scripts/check-packages.sh; do
     case $s in
-        *unprivileged*) what="sandbox battery as an unprivileged user (about 1 min)" ;;
+        *unprivileged*) what="the sandbox battery as an unprivileged user (under a minute)" ;;
         *python*) what="the Python client's tests (pytest in a venv) against a real redis-server and peagen-worker (about 1 min)" ;;
-        *packages*) what="build the .deb and .rpm, lintian, install them in a systemd box (about 5 min)" ;;
-        *) what="(seconds)" ;;
+        *units*) what="systemd-analyze verify/security on the units (seconds once the release build is there)" ;;
+        *promtool*) what="alert rules and dashboards against promtool (seconds)" ;;
+        *packages*) what="vendor the crates, build the .deb and .rpm (a release build from the vendored"
+            what="$what sources: 10-20 min the first time on 2 cores), lintian, install each in a systemd box (2-3 min)" ;;
     esac
     step "$s: $what"
     "./$s"
