@@ -57,10 +57,11 @@ fi
 # util-linux (unshare, nsenter, setpriv), procps, passwd: the systemd box and the
 # unprivileged sandbox run; gcc, libc6-dev, make, pkgconf: building (cargo
 # links with cc; one sandbox test compiles a setuid helper); python3: execute
-# tasks; bubblewrap: the sandbox benchmark's reference; prometheus: promtool;
+# tasks; python3-venv: the Python client's tests and the supply-chain tools'
+# venv; bubblewrap: the sandbox benchmark's reference; prometheus: promtool;
 # debhelper, dpkg-dev, rpm, lintian: the package checks.
 pkgs="redis-server redis-tools dbus systemd polkitd util-linux procps passwd iproute2
-      gcc libc6-dev make pkgconf ca-certificates python3 bubblewrap jq bc curl
+      gcc libc6-dev make pkgconf ca-certificates python3 python3-venv bubblewrap jq bc curl
       prometheus debhelper dpkg-dev rpm lintian"
 missing=
 for p in $pkgs; do

