@@ -51,11 +51,11 @@ cp packaging/examples/20-remote-redis.conf "$root/etc/systemd/system/peagen-spaw
 : > "$root/etc/peagen/redis.env"
 
 # The spawner's own rendering of the worker property set
-# (systemd::render_worker_unit with the default config), via the test helper
-# in tests/package_units.rs.
+# (systemd::render_worker_unit with the default config), printed by
+# examples/render_worker_unit.rs.
 rendered=$root/rendered
-if ! PEAGEN_RENDER_WORKER_UNIT_TO="$rendered" cargo test --quiet --locked --test package_units \
-        render_worker_unit_for_check_units > "$root/render.log" 2>&1 || [ ! -s "$rendered" ]; then
+if ! cargo run --quiet --locked --example render_worker_unit > "$rendered" 2> "$root/render.log" \
+        || [ ! -s "$rendered" ]; then
     cat "$root/render.log" >&2
     err "could not render the worker unit with render_worker_unit"
     rendered=

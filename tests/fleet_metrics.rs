@@ -133,10 +133,15 @@ fn worker_flushes_counters_and_exit_reason_to_the_host_hash() {
         "{text}"
     );
     std::fs::write(dir.path().join("fleet.prom"), &text).unwrap();
-    if let Ok(out) = std::process::Command::new("promtool")
+    // promtool comes with scripts/install-deps.sh (Debian's prometheus): a
+    // missing one is a broken set-up, not a reason to skip the check.
+    let out = std::process::Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::fs::File::open(dir.path().join("fleet.prom")).unwrap())
         .output()
+        .expect(
+            "promtool not found: run scripts/install-deps.sh (it installs Debian's prometheus)",
+        );
     {
         // promtool parses the 0.0.4 text format, where an OpenMetrics counter
         // family `x` with sample `x_total` reads as "no help text" (true of

@@ -1,7 +1,6 @@
 //! The worker's transient-unit property set as the spawner really builds it
 //! (`systemd::render_worker_unit`). scripts/check-units.sh obtains the
-//! rendering through `render_worker_unit_for_check_units`
-//! (PEAGEN_RENDER_WORKER_UNIT_TO=FILE) and gates it with `systemd-analyze
+//! rendering through `examples/render_worker_unit.rs` and gates it with `systemd-analyze
 //! verify` and `systemd-analyze security --offline=true` (exposure <= 3.0).
 
 use peagen_fabric::config::Config;
@@ -9,13 +8,6 @@ use peagen_fabric::systemd::render_worker_unit;
 
 fn rendered_default() -> String {
     render_worker_unit(&Config::default().spawner.worker_unit)
-}
-
-#[test]
-fn render_worker_unit_for_check_units() {
-    if let Some(path) = std::env::var_os("PEAGEN_RENDER_WORKER_UNIT_TO") {
-        std::fs::write(path, rendered_default()).unwrap();
-    }
 }
 
 #[test]

@@ -349,9 +349,12 @@ mod tests {
 
     #[tokio::test]
     async fn sandboxed_program_gets_the_task_and_nothing_of_the_host() {
-        std::env::set_var("PEAGEN_TEST_SECRET", "hunter2");
+        // No set_var (tests run in parallel threads): cargo puts
+        // CARGO_MANIFEST_DIR in every test's environment, so it stands for
+        // any host variable that must not reach the sandbox.
+        assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some());
         let script = "t=$(cat); test -r /etc/shadow && exit 9; \
-                      test -n \"$PEAGEN_TEST_SECRET\" && exit 8; \
+                      test -n \"$CARGO_MANIFEST_DIR\" && exit 8; \
                       printf '{\"task\":%s,\"pid\":%s}' \"$t\" $$";
         let o = hs(&["-c", script], 10_000, 1 << 20, true)
             .run(&task())
