@@ -49,6 +49,11 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: ConfigCmd,
     },
+    /// Workflow token budgets of LLM tasks.
+    Budget {
+        #[command(subcommand)]
+        cmd: crate::llm::budget::BudgetCmd,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -216,6 +221,7 @@ async fn run(cli: Cli, cfg: Config) -> Result<(), CtlError> {
             cmd: QueueCmd::Dlq { cmd },
         } => dlq(&cfg, cmd, cli.json).await,
         Cmd::Workers => workers(&cfg, cli.json).await,
+        Cmd::Budget { cmd } => Ok(crate::llm::budget::cli(&cfg, cmd, cli.json).await?),
         Cmd::Config { .. } => unreachable!("handled before the runtime starts"),
     }
 }

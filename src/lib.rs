@@ -8,6 +8,7 @@ pub mod config;
 pub mod ctl;
 pub mod exit;
 pub mod handlers;
+pub mod llm;
 pub mod metrics;
 pub mod policy;
 pub mod queue;
