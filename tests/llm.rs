@@ -254,7 +254,18 @@ fn server_errors_are_retried_until_ok() {
         "mut-503",
         json!({"messages": [{"role": "user", "content": "improve f"}], "max_tokens": 64, "temperature": 0.2}),
     );
-    let _w = worker(&r, &cfg, "w-503");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let _w = WorkerProc::start(
+        &r,
+        &cfg,
+        "w-503",
+        &[("PEAGEN_LLM_KEY", KEY), ("PEAGEN_METRICS_LISTEN", &listen)],
+    );
     let v = wait_result(&r, "mut-503");
     assert_eq!(v["status"], "ok", "{v}");
     assert_eq!(v["attempts"], 3, "{v}");
@@ -286,6 +297,85 @@ fn server_errors_are_retried_until_ok() {
         seen[0].auth.as_deref(),
         Some(format!("Bearer {KEY}").as_str())
     );
+    // The metric contract the alerts and the Cost dashboard use.
+    let m = scrape(&listen);
+    for series in [
+        r#"peagen_llm_requests_total{backend="stand-in",outcome="server_error"} 2"#,
+        r#"peagen_llm_requests_total{backend="stand-in",outcome="ok"} 1"#,
+        r#"peagen_llm_tokens_total{backend="stand-in",kind="mutate",type="prompt"} 12"#,
+        r#"peagen_llm_tokens_total{backend="stand-in",kind="mutate",type="completion"} 30"#,
+        r#"peagen_llm_request_duration_seconds_count{backend="stand-in"} 3"#,
+        r#"peagen_handler_fail_total{handler="mutate"} 2"#,
+        r#"peagen_budget_refusals_total{reason="budget_exhausted"} 0"#,
+        r#"peagen_worker_runtime_seconds_total{kind="mutate"} "#,
+    ] {
+        assert!(m.contains(series), "missing {series}:\n{m}");
+    }
+}
+
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn key_from_a_systemd_credential_and_https_required() {
+    let r = Redis::start();
+    let srv = Server::start(|_, _| Reply::Ok {
+        prompt: 1,
+        completion: 1,
+    });
+    let dir = tempfile::tempdir_in(scratch()).unwrap();
+    let creds = dir.path().join("creds");
+    std::fs::create_dir(&creds).unwrap();
+    std::fs::write(creds.join("llm-key"), format!("{KEY}\n")).unwrap();
+    let cfg = llm_cfg(dir.path(), &srv.url(), "", "");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "api-key-env = \"PEAGEN_LLM_KEY\"",
+        "api-key-credential = \"llm-key\"",
+    );
+    std::fs::write(&cfg, &text).unwrap();
+    let _w = WorkerProc::start(
+        &r,
+        &cfg,
+        "w-cred",
+        &[("CREDENTIALS_DIRECTORY", creds.to_str().unwrap())],
+    );
+    push_mutate(&r, &cfg, "mut-cred", json!({"prompt": "p"}));
+    assert_eq!(wait_result(&r, "mut-cred")["status"], "ok");
+    assert_eq!(
+        srv.seen()[0].auth.as_deref(),
+        Some(format!("Bearer {KEY}").as_str())
+    );
+
+    // The worker unit passes the credential to systemd.
+    let unit: peagen_fabric::config::WorkerUnitConfig =
+        toml::from_str("load-credential = [\"llm-key:/etc/peagen/llm.key\"]\n").unwrap();
+    assert!(peagen_fabric::systemd::render_worker_unit(&unit)
+        .contains("\nLoadCredential=llm-key:/etc/peagen/llm.key\n"));
+    let props = peagen_fabric::systemd::worker_properties(&unit, "w", &[]).unwrap();
+    assert!(props.iter().any(|(k, _)| k == "LoadCredential"));
+
+    // Plain HTTP leaves the host only over loopback: a config error (78).
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, text.replace(&srv.url(), "http://llm.example.com/v1")).unwrap();
+    let o = ctl(&r, Some(&bad), &["config", "validate"]);
+    assert_eq!(o.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("not loopback"), "{err}");
+    let o = ctl(
+        &r,
+        Some(&write_config(
+            dir.path(),
+            "[spawner.worker-unit]\nload-credential = [\"no-path\"]\n",
+        )),
+        &["config", "validate"],
+    );
+    assert_eq!(o.status.code(), Some(78));
 }
 
 #[test]
