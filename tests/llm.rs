@@ -743,3 +743,58 @@ fn fleet_rate_limit_holds_across_workers() {
     );
     assert_eq!(r.int(&["XLEN", "peagen.dead"]), 0);
 }
+
+/// A call cut short by the task's own `timeout_ms` still settles its
+/// reservation (counting all of it: the provider may have billed it).
+#[test]
+fn a_task_timeout_settles_its_reservation() {
+    let r = Redis::start();
+    let srv = Server::start(|_, _| {
+        Reply::Slow(
+            Duration::from_secs(3),
+            Box::new(Reply::Ok {
+                prompt: 1,
+                completion: 1,
+            }),
+        )
+    });
+    let dir = tempfile::tempdir_in(scratch()).unwrap();
+    let cfg = llm_cfg(dir.path(), &srv.url(), "", "");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("timeout-ms = 1500", "timeout-ms = 10000");
+    std::fs::write(&cfg, text).unwrap();
+    ctl_ok(
+        &r,
+        Some(&cfg),
+        &["budget", "set", "wf-to", "--tokens", "5000"],
+    );
+    let _w = worker(&r, &cfg, "w-to");
+    ctl_ok(
+        &r,
+        Some(&cfg),
+        &[
+            "push",
+            "--kind",
+            "mutate",
+            "--id",
+            "mut-to",
+            "--max-attempts",
+            "1",
+            "--timeout-ms",
+            "1000",
+            "--payload",
+            &json!({"prompt": "p", "max_tokens": 100, "workflow_id": "wf-to"}).to_string(),
+        ],
+    );
+    let v = wait_result(&r, "mut-to");
+    assert_eq!(v["status"], "error", "{v}");
+    assert_eq!(
+        v["data"]["outcome"], "timeout",
+        "the handler's own timeout: {v}"
+    );
+    let b = budget_show(&r, &cfg, "wf-to");
+    assert_eq!(b["reserved"], 0, "{b}");
+    // max_tokens 100 + prompt bound 16 + 1 + 4 + 16.
+    assert_eq!(b["used"], 137, "{b}");
+}

@@ -25,6 +25,9 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Time kept back from a task's `timeout_ms` for settling the budget.
+const TIMEOUT_MARGIN: Duration = Duration::from_millis(200);
+
 struct Backend {
     cfg: BackendConfig,
     /// Building a TLS client can fail (no usable roots): every task of this
@@ -241,8 +244,18 @@ impl Llm {
 
     /// Take tokens from the backend's and the fleet's buckets, waiting up to
     /// the configured bound. `Err(wait)`: defer the task by `wait`.
-    async fn rate_limit(&self, task: &Task, b: &Backend, cost: u64) -> Result<(), Outcome> {
-        let max_wait = Duration::from_millis(self.core.cfg.rate_limit_max_wait_ms);
+    async fn rate_limit(
+        &self,
+        task: &Task,
+        b: &Backend,
+        cost: u64,
+        left: Option<Duration>,
+    ) -> Result<(), Outcome> {
+        let mut max_wait = Duration::from_millis(self.core.cfg.rate_limit_max_wait_ms);
+        if let Some(left) = left {
+            // Waiting must not eat the task's own timeout: defer instead.
+            max_wait = max_wait.min(left / 2);
+        }
         let t0 = Instant::now();
         let name = b.cfg.name.as_str();
         let l = crate::metrics::labels(&[("backend", name)]);
@@ -350,14 +363,23 @@ impl Llm {
                 Err(e) => return fail(e.to_string(), true, json!({"backend": name})),
             }
         }
-        if let Err(o) = self.rate_limit(task, b, cost).await {
+        // What is left of the task's timeout_ms, less a margin so this
+        // handler settles its reservation before the worker's timer fires.
+        let left = |t0: Instant| {
+            task.timeout_ms.map(|ms| {
+                Duration::from_millis(ms)
+                    .saturating_sub(t0.elapsed())
+                    .saturating_sub(TIMEOUT_MARGIN)
+            })
+        };
+        if let Err(o) = self.rate_limit(task, b, cost, left(t0)).await {
             self.settle(task, wf, 0).await;
             return o;
         }
         // The task's timeout_ms bounds the whole run, the backend's the call.
         let mut timeout = Duration::from_millis(b.cfg.timeout_ms);
-        if let Some(ms) = task.timeout_ms {
-            timeout = timeout.min(Duration::from_millis(ms).saturating_sub(t0.elapsed()));
+        if let Some(left) = left(t0) {
+            timeout = timeout.min(left.max(Duration::from_millis(1)));
         }
         let call_t0 = Instant::now();
         let res = client.chat(key.as_ref(), &req.chat, timeout).await;
