@@ -798,3 +798,44 @@ fn a_task_timeout_settles_its_reservation() {
     // max_tokens 100 + prompt bound 16 + 1 + 4 + 16.
     assert_eq!(b["used"], 137, "{b}");
 }
+
+/// The fleet-wide token bucket (seed: a shared `TokenBucketRateLimit`):
+/// a call is made only while the bucket holds its whole possible cost;
+/// the others are deferred, not failed.
+#[test]
+fn fleet_token_bucket_defers_what_does_not_fit() {
+    let r = Redis::start();
+    // Reports exactly the reserved cost, so nothing is given back.
+    let srv = Server::start(|_, _| Reply::Ok {
+        prompt: 37,
+        completion: 100,
+    });
+    let dir = tempfile::tempdir_in(scratch()).unwrap();
+    let cfg = llm_cfg(
+        dir.path(),
+        &srv.url(),
+        "[llm]\nrate-limit-max-wait-ms = 500\nfleet-tokens-per-minute = 60\nfleet-token-burst = 200\n",
+        "",
+    );
+    for i in 0..3 {
+        push_mutate(
+            &r,
+            &cfg,
+            &format!("mut-fb{i}"),
+            json!({"prompt": "p", "max_tokens": 100}),
+        );
+    }
+    let w = worker(&r, &cfg, "w-fb");
+    // 200 tokens hold one call of 100 + 37; the next needs ~74 s of refill.
+    eventually(LONG, "both other tasks deferred", || {
+        w.log_text()
+            .matches("deferred without using an attempt")
+            .count()
+            >= 2
+    });
+    assert_eq!(srv.seen().len(), 1);
+    assert_eq!(r.int(&["HLEN", "peagen.results.index"]), 1);
+    assert_eq!(r.int(&["XLEN", "peagen.dead"]), 0);
+    let waiting = r.cli(&["ZRANGE", "peagen.tasks.delayed", "0", "-1"]);
+    assert!(waiting.contains("\"attempts\":0"), "{waiting}");
+}

@@ -77,7 +77,7 @@ impl Core {
                 tokens_per_minute: cfg.llm.fleet_tokens_per_minute,
                 token_burst: cfg.llm.fleet_token_burst,
             },
-            store.bucket_key("{fleet}"),
+            store.fleet_bucket_key(),
         );
         Arc::new(Core {
             cfg: cfg.llm.clone(),

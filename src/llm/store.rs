@@ -80,6 +80,11 @@ impl Store {
         format!("{}.llm.ratelimit.{name}", self.cfg.tasks_stream)
     }
 
+    /// The fleet-wide token bucket (`llm.fleet-tokens-per-minute`).
+    pub fn fleet_bucket_key(&self) -> String {
+        format!("{}.llm.ratelimit-fleet", self.cfg.tasks_stream)
+    }
+
     pub fn budget_key(&self, workflow: &str) -> String {
         format!("{}.budget.{workflow}", self.cfg.tasks_stream)
     }
