@@ -20,7 +20,7 @@ _peagenctl() {
     done
     local global="-c --config --json -h --help"
     case $cmd in
-        "") COMPREPLY=($(compgen -W "push task queue workers config help $global -V --version" -- "$cur")) ;;
+        "") COMPREPLY=($(compgen -W "push task queue workers config budget help $global -V --version" -- "$cur")) ;;
         push) COMPREPLY=($(compgen -W "-k --kind -p --payload --id --requires --max-attempts --timeout-ms --deadline --trace-id --file --count $global" -- "$cur")) ;;
         task) COMPREPLY=($(compgen -W "get" -- "$cur")) ;;
         "task get"*) COMPREPLY=($(compgen -W "--wait $global" -- "$cur")) ;;
