@@ -20,6 +20,7 @@ use crate::llm::config::{BackendConfig, LlmConfig, Scope};
 use crate::llm::metrics::CostMetrics;
 use crate::llm::ratelimit::{Limiter, Spec};
 use crate::llm::store::Store;
+use crate::llm::MAX_TOKENS_LIMIT;
 use crate::task::Task;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -139,8 +140,12 @@ pub fn parse_request(task: &Task, default_max_tokens: u64) -> Result<Request, St
     let max_tokens = match p.get("max_tokens") {
         None | Some(Value::Null) => default_max_tokens,
         Some(v) => match v.as_u64() {
-            Some(n) if n > 0 => n,
-            _ => return Err("payload.max_tokens must be a whole number of at least 1".into()),
+            Some(n) if (1..=MAX_TOKENS_LIMIT).contains(&n) => n,
+            _ => {
+                return Err(format!(
+                    "payload.max_tokens must be a whole number from 1 to {MAX_TOKENS_LIMIT}"
+                ))
+            }
         },
     };
     let temperature = match p.get("temperature") {
@@ -504,6 +509,7 @@ mod tests {
             json!({"messages": [{"content": "x"}]}),
             json!({"prompt": "a", "max_tokens": 0}),
             json!({"prompt": "a", "max_tokens": "9"}),
+            json!({"prompt": "a", "max_tokens": MAX_TOKENS_LIMIT + 1}),
             json!({"prompt": "a", "temperature": 3}),
             json!({"prompt": "a", "workflow_id": ""}),
             json!({"prompt": "a", "backend": 1}),

@@ -36,8 +36,8 @@ local n = tonumber(ARGV[2])
 local used = tonumber(redis.call('HGET', KEYS[1], 'used')) or 0
 local reserved = tonumber(redis.call('HGET', KEYS[1], 'reserved')) or 0
 if used + reserved + n > limit then return 'budget_exhausted' end
-redis.call('HINCRBY', KEYS[1], 'reserved', n)
-redis.call('HSET', KEYS[1], f, n)
+redis.call('HINCRBY', KEYS[1], 'reserved', ARGV[2])
+redis.call('HSET', KEYS[1], f, ARGV[2])
 return 'ok'
 "#;
 

@@ -229,8 +229,11 @@ impl LlmConfig {
         if self.fleet_tokens_per_minute > 0 && self.fleet_token_burst == 0 {
             errs.push("llm.fleet-token-burst must be at least 1".into());
         }
-        if self.default_max_tokens == 0 {
-            errs.push("llm.default-max-tokens must be at least 1".into());
+        if self.default_max_tokens == 0 || self.default_max_tokens > super::MAX_TOKENS_LIMIT {
+            errs.push(format!(
+                "llm.default-max-tokens must be from 1 to {}",
+                super::MAX_TOKENS_LIMIT
+            ));
         }
         errs
     }

@@ -13,6 +13,9 @@ pub mod store;
 
 use serde_json::Value;
 
+/// Largest `max_tokens` accepted (the budget's Lua arithmetic stays exact).
+pub const MAX_TOKENS_LIMIT: u64 = 100_000_000;
+
 /// Tokens a chat template adds around each message (role markers, separators)
 /// and once per request; generous on purpose (see [`prompt_token_bound`]).
 pub const TEMPLATE_TOKENS_PER_MESSAGE: u64 = 16;
