@@ -376,6 +376,17 @@ fn key_from_a_systemd_credential_and_https_required() {
         &["config", "validate"],
     );
     assert_eq!(o.status.code(), Some(78));
+    // One handler per kind: a backend may not take over a command kind.
+    let clash = dir.path().join("clash.toml");
+    std::fs::write(
+        &clash,
+        format!("{text}\n[[handlers.command]]\nkind = \"mutate\"\nprogram = \"/bin/true\"\n"),
+    )
+    .unwrap();
+    let o = ctl(&r, Some(&clash), &["config", "validate"]);
+    assert_eq!(o.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("also served by another handler"), "{err}");
 }
 
 #[test]
