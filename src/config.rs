@@ -44,6 +44,8 @@ pub struct Config {
     pub spawner: SpawnerConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
+    /// LLM backends, rate limits and budgets (see `crate::llm::config`).
+    pub llm: crate::llm::config::LlmConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -307,6 +309,9 @@ pub struct WorkerUnitConfig {
     pub watchdog_secs: u64,
     /// Pass `Delegate=yes` so the sandbox gets a cgroup v2 subtree.
     pub delegate: bool,
+    /// `LoadCredential=ID:PATH` entries (e.g. LLM API keys): the worker reads
+    /// `$CREDENTIALS_DIRECTORY/ID`, nothing lands in its environment.
+    pub load_credential: Vec<String>,
 }
 
 impl Default for WorkerUnitConfig {
@@ -322,6 +327,7 @@ impl Default for WorkerUnitConfig {
             timeout_stop_secs: 90,
             watchdog_secs: 30,
             delegate: true,
+            load_credential: Vec::new(),
         }
     }
 }
@@ -577,6 +583,15 @@ impl Config {
                 wu.slice
             ));
         }
+        for c in &wu.load_credential {
+            match c.split_once(':') {
+                Some((id, path))
+                    if !id.is_empty() && !id.contains('/') && path.starts_with('/') => {}
+                _ => errs.push(format!(
+                    "spawner.worker-unit.load-credential entry {c:?} must be ID:/absolute/path"
+                )),
+            }
+        }
         for e in &wu.environment {
             if !e.contains('=') {
                 errs.push(format!(
@@ -599,6 +614,17 @@ impl Config {
         }
         if self.sandbox.pids == 0 {
             errs.push("sandbox.pids must be at least 1".into());
+        }
+        errs.extend(self.llm.problems());
+        for k in self.llm.kinds() {
+            if kinds.contains(&k)
+                || (k == "echo" && self.handlers.echo)
+                || (k == "execute" && self.handlers.execute)
+            {
+                errs.push(format!(
+                    "llm.backends: kind {k:?} is also served by another handler"
+                ));
+            }
         }
         if errs.is_empty() {
             Ok(())

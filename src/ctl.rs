@@ -67,6 +67,11 @@ pub enum Cmd {
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,
     },
+    /// Workflow token budgets of LLM tasks.
+    Budget {
+        #[command(subcommand)]
+        cmd: crate::llm::budget::BudgetCmd,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -280,6 +285,7 @@ async fn run(cli: Cli, cfg: Config) -> Result<(), CtlError> {
             cmd: QueueCmd::Dlq { cmd },
         } => dlq(&cfg, cmd, cli.json).await,
         Cmd::Workers => workers(&cfg, cli.json).await,
+        Cmd::Budget { cmd } => Ok(crate::llm::budget::cli(&cfg, cmd, cli.json).await?),
         Cmd::Config { .. } | Cmd::Completions { .. } | Cmd::Man { .. } => {
             unreachable!("handled before the runtime starts")
         }

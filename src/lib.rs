@@ -12,6 +12,7 @@ pub mod ctl;
 pub mod exit;
 pub mod handlers;
 pub(crate) mod inventory;
+pub mod llm;
 pub mod metrics;
 pub mod policy;
 pub mod queue;

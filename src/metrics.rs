@@ -67,7 +67,8 @@ pub struct WorkerMetrics {
     pub result_backend_fail: Counter,
     pub exit_reason: CounterVec,
     pub queue_pending: GaugeVec,
-    pub tokens: CounterVec,
+    /// LLM tokens, requests, limits, budgets, runtime by kind.
+    pub cost: crate::llm::metrics::CostMetrics,
     pub busy_seconds: FloatCounter,
     pub up_seconds: FloatCounter,
 }
@@ -83,7 +84,7 @@ impl WorkerMetrics {
             result_backend_fail: Counter::default(),
             exit_reason: Family::default(),
             queue_pending: Family::default(),
-            tokens: Family::default(),
+            cost: crate::llm::metrics::CostMetrics::register(reg),
             busy_seconds: FloatCounter::default(),
             up_seconds: FloatCounter::default(),
         };
@@ -130,11 +131,6 @@ impl WorkerMetrics {
             "queue_pending_total",
             "Unfinished tasks in the queue (backlog + in flight), by kind",
             m.queue_pending.clone(),
-        );
-        reg.register(
-            "llm_tokens",
-            "LLM tokens reported by handlers (usage.total_tokens), by kind",
-            m.tokens.clone(),
         );
         reg.register(
             "worker_busy_seconds",

@@ -509,6 +509,16 @@ pub fn worker_properties(
         "LogExtraFields",
         var(vec![format!("PEAGEN_WORKER_ID={worker_id}").into_bytes()])?,
     );
+    if !cfg.load_credential.is_empty() {
+        // `a(ss)`: (credential id, path); validated as ID:PATH in config.
+        let creds: Vec<(String, String)> = cfg
+            .load_credential
+            .iter()
+            .filter_map(|c| c.split_once(':'))
+            .map(|(id, path)| (id.to_string(), path.to_string()))
+            .collect();
+        put("LoadCredential", var(creds)?);
+    }
     if cfg.delegate {
         put("Delegate", var(true)?);
     }
@@ -599,6 +609,9 @@ pub fn render_worker_unit(cfg: &WorkerUnitConfig) -> String {
     }
     line("Environment", "PEAGEN_WORKER_ID=%i");
     line("LogExtraFields", "PEAGEN_WORKER_ID=%i");
+    for c in &cfg.load_credential {
+        line("LoadCredential", c);
+    }
     if cfg.delegate {
         line("Delegate", "yes");
     }

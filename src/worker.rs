@@ -70,6 +70,8 @@ pub(crate) enum Handled {
     Completed,
     Retried,
     DeadLettered(String),
+    /// Back to the delayed set unchanged (no attempt used).
+    Deferred,
     /// Left pending (result backend failed, or drain deadline passed).
     LeftPending,
     /// Someone else owns or finished it.
@@ -92,7 +94,7 @@ impl Worker {
         metrics: WorkerMetrics,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
-        let handlers = Registry::from_config(&cfg);
+        let handlers = Registry::with_metrics(&cfg, metrics.cost.clone());
         let results = ResultSink::from_config(&cfg.results);
         let id = make_worker_id(&cfg.worker.id);
         Worker {
@@ -384,12 +386,13 @@ impl Worker {
             .get_or_create(&kind_l)
             .observe(secs);
         self.metrics.busy_seconds.inc_by(secs);
-        if let Some(tokens) = outcome
-            .data
-            .pointer("/usage/total_tokens")
-            .and_then(|v| v.as_u64())
-        {
-            self.metrics.tokens.get_or_create(&kind_l).inc_by(tokens);
+        self.metrics
+            .cost
+            .runtime_seconds
+            .get_or_create(&kind_l)
+            .inc_by(secs);
+        if let Some(after) = outcome.defer {
+            return self.defer(&e, &task, after).await;
         }
         if outcome.status == Status::Error {
             self.metrics
@@ -454,7 +457,9 @@ impl Worker {
                     w.retry_backoff_max_ms,
                     attempts_done,
                     rand::random(),
-                );
+                )
+                // The backend's Retry-After is a floor.
+                .max(outcome.retry_after.map_or(0, |d| d.as_millis() as u64));
                 let moved = self
                     .finish(
                         |q, id, me| {
@@ -491,6 +496,24 @@ impl Worker {
                 .await
             }
         }
+    }
+
+    /// Put the task back unchanged (same attempts) after `after`, through
+    /// the retry script: a deferral is not an execution.
+    async fn defer(&mut self, e: &Entry, task: &Task, after: Duration) -> Handled {
+        let delay_ms = (after.as_millis() as u64).max(1);
+        let moved = self
+            .finish(
+                |q, id, me| {
+                    let t = task.clone();
+                    async move { q.retry(&id, &me, &t, delay_ms).await }
+                },
+                &e.id,
+            )
+            .await;
+        tracing::info!(task_id = %task.id, worker_id = %self.id, retry_in_ms = delay_ms,
+            attempts = task.attempts, "deferred without using an attempt");
+        self.moved_to_handled(moved, Handled::Deferred, task)
     }
 
     fn image_tag(&self) -> String {

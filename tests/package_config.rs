@@ -80,6 +80,15 @@ fn every_documented_default_is_the_real_default() {
     ))
     .unwrap();
     assert_eq!(documented, minimal, "handlers.command defaults");
+    // So does the example LLM backend.
+    assert_eq!(cfg.llm.backends.len(), 1);
+    let documented = cfg.llm.backends.remove(0);
+    let minimal: peagen_fabric::llm::config::BackendConfig = toml::from_str(&format!(
+        "name = {:?}\nbase-url = {:?}\nmodel = {:?}\n",
+        documented.name, documented.base_url, documented.model
+    ))
+    .unwrap();
+    assert_eq!(documented, minimal, "llm.backends defaults");
     assert_eq!(
         cfg,
         Config::default(),
@@ -94,6 +103,9 @@ fn every_key_of_the_schema_is_documented() {
         .handlers
         .command
         .push(toml::from_str("kind = \"k\"\nprogram = \"/p\"\n").unwrap());
+    schema.llm.backends.push(
+        toml::from_str("name = \"b\"\nbase-url = \"https://x/v1\"\nmodel = \"m\"\n").unwrap(),
+    );
     let mut want = BTreeSet::new();
     key_paths(&toml::Value::try_from(&schema).unwrap(), "", &mut want);
     let mut have = BTreeSet::new();

@@ -19,6 +19,8 @@ pub struct Command {
     cfg: CommandHandlerConfig,
     /// Built once when `sandbox = true`; the error is reported per task.
     sandbox: Option<Result<Arc<Sandbox>, String>>,
+    /// Worker environment variables the program must not inherit (LLM keys).
+    strip_env: Vec<String>,
 }
 
 impl Command {
@@ -28,7 +30,17 @@ impl Command {
                 .map(Arc::new)
                 .map_err(|e| e.to_string())
         });
-        Command { cfg, sandbox }
+        Command {
+            cfg,
+            sandbox,
+            strip_env: Vec::new(),
+        }
+    }
+
+    /// Keep these variables (secrets of other handlers) from the program.
+    pub fn without_env(mut self, names: Vec<String>) -> Self {
+        self.strip_env = names;
+        self
     }
 
     /// The same program inside the execute sandbox: the task on stdin, an
@@ -198,6 +210,9 @@ impl Handler for Command {
                 .env("PEAGEN_TASK_ID", &task.id)
                 .env("PEAGEN_TASK_KIND", &task.kind)
                 .env("PEAGEN_TASK_ATTEMPT", (task.attempts + 1).to_string());
+            for k in &self.strip_env {
+                cmd.env_remove(k);
+            }
             let mut child = match cmd.spawn() {
                 Ok(c) => c,
                 Err(e) => return Outcome::error(format!("cannot start {program}: {e}"), false),

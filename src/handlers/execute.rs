@@ -18,7 +18,7 @@
 use super::{BoxFuture, Handler, Outcome};
 use crate::config::SandboxConfig;
 use crate::sandbox::{LimitRequest, Request, Sandbox, Status, Verdict};
-use crate::task::{Status as TaskStatus, Task};
+use crate::task::Task;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -179,9 +179,8 @@ fn outcome(v: Verdict, prototype: bool) -> Outcome {
             d["msg"] = json!(msg);
             d["retryable"] = json!(retryable);
             Outcome {
-                status: TaskStatus::Error,
                 data: d,
-                retryable,
+                ..Outcome::error("", retryable)
             }
         }
     }

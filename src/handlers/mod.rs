@@ -6,6 +6,7 @@
 pub mod command;
 pub mod echo;
 pub mod execute;
+pub mod llm;
 
 use crate::config::Config;
 use crate::task::{Status, Task};
@@ -14,6 +15,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -24,6 +26,12 @@ pub struct Outcome {
     pub data: Value,
     /// Only meaningful for `Status::Error`: worth another attempt.
     pub retryable: bool,
+    /// Earliest retry the backend asked for (`Retry-After`): a lower bound
+    /// of the retry delay.
+    pub retry_after: Option<Duration>,
+    /// Not run for want of a local resource (a rate-limit token): back to
+    /// the delayed set for this long, without using an attempt, no result.
+    pub defer: Option<Duration>,
 }
 
 impl Outcome {
@@ -32,6 +40,8 @@ impl Outcome {
             status: Status::Ok,
             data,
             retryable: false,
+            retry_after: None,
+            defer: None,
         }
     }
     pub fn error(msg: impl Into<String>, retryable: bool) -> Self {
@@ -39,6 +49,23 @@ impl Outcome {
             status: Status::Error,
             data: serde_json::json!({ "msg": msg.into(), "retryable": retryable }),
             retryable,
+            retry_after: None,
+            defer: None,
+        }
+    }
+    /// Finished without doing the work on purpose (e.g. a budget refusal).
+    pub fn skip(data: Value) -> Self {
+        Outcome {
+            status: Status::Skip,
+            ..Outcome::ok(data)
+        }
+    }
+    /// Put the task back unchanged after `after` (see [`Outcome::defer`]).
+    /// A worker that ignored the field would still retry it (retryable error).
+    pub fn defer(after: Duration) -> Self {
+        Outcome {
+            defer: Some(after),
+            ..Outcome::error("deferred: rate limit", true)
         }
     }
 }
@@ -59,7 +86,13 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// Handlers of `cfg`, with LLM metrics that are not exported anywhere.
     pub fn from_config(cfg: &Config) -> Self {
+        Self::with_metrics(cfg, crate::llm::metrics::CostMetrics::unregistered())
+    }
+
+    /// Handlers of `cfg`; the LLM handlers count into `cost`.
+    pub fn with_metrics(cfg: &Config, cost: crate::llm::metrics::CostMetrics) -> Self {
         let mut r = Registry::default();
         if cfg.handlers.echo {
             r.insert("echo", Arc::new(echo::Echo));
@@ -73,8 +106,18 @@ impl Registry {
         for c in &cfg.handlers.command {
             r.insert(
                 &c.kind,
-                Arc::new(command::Command::new(c.clone(), cfg.sandbox.clone())),
+                Arc::new(
+                    command::Command::new(c.clone(), cfg.sandbox.clone())
+                        .without_env(cfg.llm.key_env_names()),
+                ),
             );
+        }
+        let kinds = cfg.llm.kinds();
+        if !kinds.is_empty() {
+            let core = llm::Core::new(cfg, cost);
+            for k in kinds {
+                r.insert(&k, Arc::new(llm::Llm::new(&k, core.clone())));
+            }
         }
         r
     }
