@@ -16,6 +16,9 @@ _peagenctl() {
             ",$1")
                 cmd="peagenctl"
                 ;;
+            peagenctl,budget)
+                cmd="peagenctl__subcmd__budget"
+                ;;
             peagenctl,completions)
                 cmd="peagenctl__subcmd__completions"
                 ;;
@@ -40,6 +43,24 @@ _peagenctl() {
             peagenctl,workers)
                 cmd="peagenctl__subcmd__workers"
                 ;;
+            peagenctl__subcmd__budget,help)
+                cmd="peagenctl__subcmd__budget__subcmd__help"
+                ;;
+            peagenctl__subcmd__budget,set)
+                cmd="peagenctl__subcmd__budget__subcmd__set"
+                ;;
+            peagenctl__subcmd__budget,show)
+                cmd="peagenctl__subcmd__budget__subcmd__show"
+                ;;
+            peagenctl__subcmd__budget__subcmd__help,help)
+                cmd="peagenctl__subcmd__budget__subcmd__help__subcmd__help"
+                ;;
+            peagenctl__subcmd__budget__subcmd__help,set)
+                cmd="peagenctl__subcmd__budget__subcmd__help__subcmd__set"
+                ;;
+            peagenctl__subcmd__budget__subcmd__help,show)
+                cmd="peagenctl__subcmd__budget__subcmd__help__subcmd__show"
+                ;;
             peagenctl__subcmd__config,help)
                 cmd="peagenctl__subcmd__config__subcmd__help"
                 ;;
@@ -57,6 +78,9 @@ _peagenctl() {
                 ;;
             peagenctl__subcmd__config__subcmd__help,validate)
                 cmd="peagenctl__subcmd__config__subcmd__help__subcmd__validate"
+                ;;
+            peagenctl__subcmd__help,budget)
+                cmd="peagenctl__subcmd__help__subcmd__budget"
                 ;;
             peagenctl__subcmd__help,completions)
                 cmd="peagenctl__subcmd__help__subcmd__completions"
@@ -81,6 +105,12 @@ _peagenctl() {
                 ;;
             peagenctl__subcmd__help,workers)
                 cmd="peagenctl__subcmd__help__subcmd__workers"
+                ;;
+            peagenctl__subcmd__help__subcmd__budget,set)
+                cmd="peagenctl__subcmd__help__subcmd__budget__subcmd__set"
+                ;;
+            peagenctl__subcmd__help__subcmd__budget,show)
+                cmd="peagenctl__subcmd__help__subcmd__budget__subcmd__show"
                 ;;
             peagenctl__subcmd__help__subcmd__config,show)
                 cmd="peagenctl__subcmd__help__subcmd__config__subcmd__show"
@@ -176,8 +206,138 @@ _peagenctl() {
 
     case "${cmd}" in
         peagenctl)
-            opts="-c -h -V --config --json --help --version push task queue workers config completions man help"
+            opts="-c -h -V --config --json --help --version push task queue workers config completions man budget help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        peagenctl__subcmd__budget)
+            opts="-c -h --config --json --help set show help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        peagenctl__subcmd__budget__subcmd__help)
+            opts="set show help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        peagenctl__subcmd__budget__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        peagenctl__subcmd__budget__subcmd__help__subcmd__set)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        peagenctl__subcmd__budget__subcmd__help__subcmd__show)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        peagenctl__subcmd__budget__subcmd__set)
+            opts="-c -h --tokens --run-timeout-secs --config --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --tokens)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --run-timeout-secs)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        peagenctl__subcmd__budget__subcmd__show)
+            opts="-c -h --config --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -350,8 +510,50 @@ _peagenctl() {
             return 0
             ;;
         peagenctl__subcmd__help)
-            opts="push task queue workers config completions man help"
+            opts="push task queue workers config completions man budget help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        peagenctl__subcmd__help__subcmd__budget)
+            opts="set show"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        peagenctl__subcmd__help__subcmd__budget__subcmd__set)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        peagenctl__subcmd__help__subcmd__budget__subcmd__show)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi

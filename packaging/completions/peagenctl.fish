@@ -35,6 +35,7 @@ complete -c peagenctl -n "__fish_peagenctl_needs_command" -f -a "workers" -d 'Wo
 complete -c peagenctl -n "__fish_peagenctl_needs_command" -f -a "config" -d 'Configuration'
 complete -c peagenctl -n "__fish_peagenctl_needs_command" -f -a "completions" -d 'Print a shell completion script, generated from the command-line definitions'
 complete -c peagenctl -n "__fish_peagenctl_needs_command" -f -a "man" -d 'Write the man pages of peagenctl, peagen-worker and peagen-spawnerd into DIR'
+complete -c peagenctl -n "__fish_peagenctl_needs_command" -f -a "budget" -d 'Workflow token budgets of LLM tasks'
 complete -c peagenctl -n "__fish_peagenctl_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c peagenctl -n "__fish_peagenctl_using_subcommand push" -s k -l kind -d 'Task kind (echo, execute, or a configured command kind)' -r
 complete -c peagenctl -n "__fish_peagenctl_using_subcommand push" -s p -l payload -d 'Payload JSON object' -r
@@ -108,16 +109,36 @@ complete -c peagenctl -n "__fish_peagenctl_using_subcommand man" -l dir -r -F
 complete -c peagenctl -n "__fish_peagenctl_using_subcommand man" -s c -l config -d 'Config file (default /etc/peagen/peagen.toml if it exists, else built-in defaults)' -r -F
 complete -c peagenctl -n "__fish_peagenctl_using_subcommand man" -l json -d 'Machine-readable JSON output'
 complete -c peagenctl -n "__fish_peagenctl_using_subcommand man" -s h -l help -d 'Print help'
-complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and not __fish_seen_subcommand_from push task queue workers config completions man help" -f -a "push" -d 'Push a task (from flags, or a whole task document with --file) and print its id'
-complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and not __fish_seen_subcommand_from push task queue workers config completions man help" -f -a "task" -d 'Task results'
-complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and not __fish_seen_subcommand_from push task queue workers config completions man help" -f -a "queue" -d 'Queue statistics and dead letters'
-complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and not __fish_seen_subcommand_from push task queue workers config completions man help" -f -a "workers" -d 'Workers known to the queue: consumer, pending, idle time, current task'
-complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and not __fish_seen_subcommand_from push task queue workers config completions man help" -f -a "config" -d 'Configuration'
-complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and not __fish_seen_subcommand_from push task queue workers config completions man help" -f -a "completions" -d 'Print a shell completion script, generated from the command-line definitions'
-complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and not __fish_seen_subcommand_from push task queue workers config completions man help" -f -a "man" -d 'Write the man pages of peagenctl, peagen-worker and peagen-spawnerd into DIR'
-complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and not __fish_seen_subcommand_from push task queue workers config completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand budget; and not __fish_seen_subcommand_from set show help" -s c -l config -d 'Config file (default /etc/peagen/peagen.toml if it exists, else built-in defaults)' -r -F
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand budget; and not __fish_seen_subcommand_from set show help" -l json -d 'Machine-readable JSON output'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand budget; and not __fish_seen_subcommand_from set show help" -s h -l help -d 'Print help'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand budget; and not __fish_seen_subcommand_from set show help" -f -a "set" -d 'Set a workflow\'s token budget (used tokens are kept)'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand budget; and not __fish_seen_subcommand_from set show help" -f -a "show" -d 'Show a workflow\'s budget: limit, used, reserved, started_at, deadline'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand budget; and not __fish_seen_subcommand_from set show help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand budget; and __fish_seen_subcommand_from set" -l tokens -d 'Most tokens (prompt + completion) the workflow\'s LLM tasks may use' -r
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand budget; and __fish_seen_subcommand_from set" -l run-timeout-secs -d 'Tasks starting later than this after the workflow\'s first LLM task are skipped with reason run_timeout' -r
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand budget; and __fish_seen_subcommand_from set" -s c -l config -d 'Config file (default /etc/peagen/peagen.toml if it exists, else built-in defaults)' -r -F
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand budget; and __fish_seen_subcommand_from set" -l json -d 'Machine-readable JSON output'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand budget; and __fish_seen_subcommand_from set" -s h -l help -d 'Print help'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand budget; and __fish_seen_subcommand_from show" -s c -l config -d 'Config file (default /etc/peagen/peagen.toml if it exists, else built-in defaults)' -r -F
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand budget; and __fish_seen_subcommand_from show" -l json -d 'Machine-readable JSON output'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand budget; and __fish_seen_subcommand_from show" -s h -l help -d 'Print help'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand budget; and __fish_seen_subcommand_from help" -f -a "set" -d 'Set a workflow\'s token budget (used tokens are kept)'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand budget; and __fish_seen_subcommand_from help" -f -a "show" -d 'Show a workflow\'s budget: limit, used, reserved, started_at, deadline'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand budget; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and not __fish_seen_subcommand_from push task queue workers config completions man budget help" -f -a "push" -d 'Push a task (from flags, or a whole task document with --file) and print its id'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and not __fish_seen_subcommand_from push task queue workers config completions man budget help" -f -a "task" -d 'Task results'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and not __fish_seen_subcommand_from push task queue workers config completions man budget help" -f -a "queue" -d 'Queue statistics and dead letters'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and not __fish_seen_subcommand_from push task queue workers config completions man budget help" -f -a "workers" -d 'Workers known to the queue: consumer, pending, idle time, current task'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and not __fish_seen_subcommand_from push task queue workers config completions man budget help" -f -a "config" -d 'Configuration'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and not __fish_seen_subcommand_from push task queue workers config completions man budget help" -f -a "completions" -d 'Print a shell completion script, generated from the command-line definitions'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and not __fish_seen_subcommand_from push task queue workers config completions man budget help" -f -a "man" -d 'Write the man pages of peagenctl, peagen-worker and peagen-spawnerd into DIR'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and not __fish_seen_subcommand_from push task queue workers config completions man budget help" -f -a "budget" -d 'Workflow token budgets of LLM tasks'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and not __fish_seen_subcommand_from push task queue workers config completions man budget help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and __fish_seen_subcommand_from task" -f -a "get" -d 'Print a task\'s result record (exit 1 if there is none yet)'
 complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and __fish_seen_subcommand_from queue" -f -a "stats" -d 'Length, lag, pending, delayed retries, consumers, oldest age'
 complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and __fish_seen_subcommand_from queue" -f -a "dlq" -d 'Dead-letter stream'
 complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and __fish_seen_subcommand_from config" -f -a "validate" -d 'Check a config file; exit 0 if valid, 78 if not'
 complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and __fish_seen_subcommand_from config" -f -a "show" -d 'Print the effective configuration (file + defaults + environment) as TOML'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and __fish_seen_subcommand_from budget" -f -a "set" -d 'Set a workflow\'s token budget (used tokens are kept)'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and __fish_seen_subcommand_from budget" -f -a "show" -d 'Show a workflow\'s budget: limit, used, reserved, started_at, deadline'
