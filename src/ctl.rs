@@ -49,6 +49,22 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: ConfigCmd,
     },
+    /// Print a shell completion script, generated from the command-line definitions.
+    Completions {
+        #[arg(value_enum)]
+        shell: crate::app::docs::Shell,
+        /// Program to complete.
+        #[arg(long, default_value = "peagenctl", value_parser = crate::app::docs::PROGRAMS)]
+        program: String,
+        /// Write the scripts of all three programs into DIR instead.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// Write the man pages of peagenctl, peagen-worker and peagen-spawnerd into DIR.
+    Man {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -148,6 +164,9 @@ fn unavailable(e: impl std::fmt::Display) -> CtlError {
 
 pub fn cli_main() -> i32 {
     let cli = Cli::parse();
+    if let Some(code) = docs(&cli.cmd) {
+        return code;
+    }
     let cfg = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -197,6 +216,42 @@ pub fn cli_main() -> i32 {
     }
 }
 
+/// `completions` and `man`: no configuration needed.
+fn docs(cmd: &Cmd) -> Option<i32> {
+    use crate::app::docs;
+    use clap::CommandFactory;
+    let written = match cmd {
+        Cmd::Completions {
+            shell,
+            program,
+            dir: None,
+        } => {
+            let c = docs::command(program, Cli::command())?;
+            docs::completions(*shell, c, &mut std::io::stdout().lock());
+            return Some(exit::OK);
+        }
+        Cmd::Completions {
+            shell,
+            dir: Some(dir),
+            ..
+        } => docs::write_completions(dir, &[*shell], Cli::command()),
+        Cmd::Man { dir } => docs::write_man_pages(dir, Cli::command()),
+        _ => return None,
+    };
+    Some(match written {
+        Ok(paths) => {
+            for p in paths {
+                println!("{}", p.display());
+            }
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("peagenctl: {e}");
+            exit::FAILURE
+        }
+    })
+}
+
 async fn connect(cfg: &Config) -> Result<Queue, CtlError> {
     let q = Queue::connect(&cfg.redis).await.map_err(unavailable)?;
     q.ping().await.map_err(unavailable)?;
@@ -216,7 +271,9 @@ async fn run(cli: Cli, cfg: Config) -> Result<(), CtlError> {
             cmd: QueueCmd::Dlq { cmd },
         } => dlq(&cfg, cmd, cli.json).await,
         Cmd::Workers => workers(&cfg, cli.json).await,
-        Cmd::Config { .. } => unreachable!("handled before the runtime starts"),
+        Cmd::Config { .. } | Cmd::Completions { .. } | Cmd::Man { .. } => {
+            unreachable!("handled before the runtime starts")
+        }
     }
 }
 
@@ -473,7 +530,7 @@ fn with_dead_id(id: &str, r: &Value) -> Value {
 
 async fn workers(cfg: &Config, as_json: bool) -> Result<(), CtlError> {
     // Units from systemd joined with what each consumer holds in Redis.
-    match crate::spawner::list_workers(cfg).await {
+    match crate::inventory::list_workers(cfg).await {
         Ok(rows) => {
             if as_json {
                 println!("{}", serde_json::to_string(&rows).unwrap_or_default());

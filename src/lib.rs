@@ -1,13 +1,15 @@
 //! Peagen's task fabric for plain systemd hosts.
 //!
 //! One module per concern; the binaries in `src/bin/` are thin shims over
-//! the `*::main` functions here. `unsafe` lives only in [`sandbox`].
+//! the entry points in [`app`] (and [`ctl`]). `unsafe` lives only in [`sandbox`].
 #![deny(unsafe_code)]
 
+pub mod app;
 pub mod config;
 pub mod ctl;
 pub mod exit;
 pub mod handlers;
+pub mod inventory;
 pub mod metrics;
 pub mod policy;
 pub mod queue;

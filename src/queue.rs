@@ -49,6 +49,10 @@ pub type Result<T> = std::result::Result<T, QueueError>;
 /// reads, so this bounds how late a due retry can start on an idle fleet.
 pub const MAX_BLOCK_MS: u64 = 1000;
 
+/// Most delayed retries one promotion moves (the next one takes the rest);
+/// workers and the spawner both promote.
+pub const PROMOTE_BATCH: usize = 100;
+
 /// One stream entry as read from the tasks stream.
 #[derive(Debug, Clone)]
 pub struct Entry {

@@ -10,20 +10,16 @@
 //! consumers that are not live units. A circuit breaker stops start storms.
 
 use crate::config::Config;
-use crate::metrics::{labels, CounterVec, FleetCollector, GaugeVec, SharedRegistry};
+use crate::inventory::{classify, UnitState};
+use crate::metrics::{labels, SharedRegistry, SpawnerMetrics};
 use crate::policy::{
     self, Backlog, Breaker, BreakerState, Memory, PolicyConfig, WorkerState, WorkerView,
 };
 use crate::queue::{Queue, QueueStats};
-use crate::systemd::{Systemd, UnitInfo};
+use crate::systemd::Systemd;
 use crate::telemetry::notify;
 use anyhow::{Context, Result};
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::registry::Registry;
 use sd_notify::NotifyState;
-use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -34,168 +30,6 @@ use tokio::sync::{mpsc, Notify};
 const START_JOB_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often the per-kind and memory gauges are refreshed (they scan).
 const SLOW_GAUGES_EVERY: Duration = Duration::from_secs(10);
-
-#[derive(Clone)]
-pub struct SpawnerMetrics {
-    pub workers: GaugeVec,
-    pub desired: Gauge,
-    pub spawns: Counter,
-    pub stops: Counter,
-    pub spawn_failures: Counter,
-    pub spawn_ready: Histogram,
-    pub reclaimed: CounterVec,
-    pub queue_pending_by_kind: GaugeVec,
-    pub redis_pending: GaugeVec,
-    pub breaker_open: Gauge,
-    pub stream_memory: GaugeVec,
-    /// `peagen_queue_lag`; no series while the lag is unknown.
-    pub queue_lag: GaugeVec,
-    /// `peagen_queue_delayed`: retries waiting out their backoff.
-    pub queue_delayed: Gauge,
-    /// This host's workers' counters (the Redis hash they flush to).
-    pub fleet: FleetCollector,
-}
-
-impl SpawnerMetrics {
-    pub fn new(reg: &mut Registry) -> Self {
-        let m = SpawnerMetrics {
-            workers: Default::default(),
-            desired: Default::default(),
-            spawns: Default::default(),
-            stops: Default::default(),
-            spawn_failures: Default::default(),
-            spawn_ready: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
-            reclaimed: Default::default(),
-            queue_pending_by_kind: Default::default(),
-            redis_pending: Default::default(),
-            breaker_open: Default::default(),
-            stream_memory: Default::default(),
-            queue_lag: Default::default(),
-            queue_delayed: Default::default(),
-            fleet: Default::default(),
-        };
-        reg.register(
-            "workers",
-            "Worker units by state (starting, idle, busy, stopping)",
-            m.workers.clone(),
-        );
-        reg.register(
-            "workers_desired",
-            "Worker count the scaling policy wants",
-            m.desired.clone(),
-        );
-        reg.register("spawns", "Worker units started", m.spawns.clone());
-        reg.register(
-            "worker_stops",
-            "Idle worker units stopped by scale-down",
-            m.stops.clone(),
-        );
-        reg.register(
-            "spawn_failures",
-            "Worker starts whose start job did not end in done",
-            m.spawn_failures.clone(),
-        );
-        reg.register(
-            "spawn_ready_seconds",
-            "From StartTransientUnit to the start job's end (the worker's READY=1)",
-            m.spawn_ready.clone(),
-        );
-        reg.register(
-            "reclaimed_tasks",
-            "Pending tasks of dead workers re-queued or dead-lettered, by outcome",
-            m.reclaimed.clone(),
-        );
-        reg.register(
-            "queue_pending_total",
-            "Unfinished tasks in the queue (backlog + in flight), by kind",
-            m.queue_pending_by_kind.clone(),
-        );
-        reg.register(
-            "redis_queue_pending",
-            "Entries delivered but not acknowledged (XPENDING), by stream",
-            m.redis_pending.clone(),
-        );
-        reg.register(
-            "spawner_breaker_open",
-            "1 while the spawn-failure circuit breaker blocks starts",
-            m.breaker_open.clone(),
-        );
-        reg.register(
-            "redis_stream_memory_bytes",
-            "MEMORY USAGE of the streams, by stream",
-            m.stream_memory.clone(),
-        );
-        reg.register(
-            "queue_lag",
-            "Entries not yet delivered to the group (XINFO GROUPS lag, else a bounded count)",
-            m.queue_lag.clone(),
-        );
-        reg.register(
-            "queue_delayed",
-            "Retries waiting out their backoff in the delayed set (not backlog until due)",
-            m.queue_delayed.clone(),
-        );
-        reg.register_collector(Box::new(m.fleet.clone()));
-        m
-    }
-}
-
-/// One row of `peagenctl workers`: a worker unit and what it holds.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct WorkerRow {
-    pub worker_id: String,
-    pub unit: String,
-    /// systemd ActiveState/SubState.
-    pub active_state: String,
-    pub sub_state: String,
-    /// starting | idle | busy | stopping | failed | inactive
-    pub state: String,
-    pub pending: u64,
-    pub current_task: Option<String>,
-}
-
-/// Worker units with state and current task, for `peagenctl workers`.
-pub async fn list_workers(cfg: &Config) -> Result<Vec<WorkerRow>> {
-    let sd = Systemd::connect(cfg.spawner.user_mode).await?;
-    let units = sd.list_workers().await?;
-    let q = Queue::connect(&cfg.redis).await?;
-    let consumers: HashMap<String, u64> = q
-        .consumers()
-        .await?
-        .into_iter()
-        .map(|c| (c.name, c.pending))
-        .collect();
-    let mut rows = Vec::new();
-    for u in units {
-        let pending = consumers.get(&u.worker_id).copied().unwrap_or(0);
-        let current_task = if pending > 0 {
-            q.current_task_of(&u.worker_id).await?
-        } else {
-            None
-        };
-        rows.push(WorkerRow {
-            state: row_state(&u, pending).into(),
-            worker_id: u.worker_id,
-            unit: u.unit,
-            active_state: u.active_state,
-            sub_state: u.sub_state,
-            pending,
-            current_task,
-        });
-    }
-    Ok(rows)
-}
-
-fn row_state(u: &UnitInfo, pending: u64) -> &'static str {
-    match u.active_state.as_str() {
-        "activating" => "starting",
-        "deactivating" => "stopping",
-        "failed" => "failed",
-        "active" | "reloading" if pending > 0 => "busy",
-        "active" | "reloading" => "idle",
-        _ => "inactive",
-    }
-}
 
 type StartResult = (String, Result<crate::systemd::StartOutcome>);
 
@@ -287,7 +121,7 @@ impl Spawner {
         let units = self.sd.list_workers().await?;
         // Due retries become backlog here too, so they are not stuck in the
         // delayed set while no worker runs (and then count for scale-up).
-        match self.queue.promote_due(crate::worker::PROMOTE_BATCH).await {
+        match self.queue.promote_due(crate::queue::PROMOTE_BATCH).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(promoted = n, "delayed retries now due"),
             Err(e) => tracing::warn!(error = %e, "promoting delayed retries failed"),
@@ -354,17 +188,20 @@ impl Spawner {
         let mut seen = HashSet::new();
         for u in units.iter().filter(|u| u.is_live()) {
             seen.insert(u.worker_id.clone());
-            let state = match u.active_state.as_str() {
-                "activating" => WorkerState::Starting,
-                "deactivating" => WorkerState::Stopping,
-                _ if self.starting.contains_key(&u.worker_id) => WorkerState::Starting,
-                _ if pending_of.get(u.worker_id.as_str()).copied().unwrap_or(0) > 0 => {
+            let pending = pending_of.get(u.worker_id.as_str()).copied().unwrap_or(0);
+            let in_flight = self.starting.contains_key(&u.worker_id);
+            let state = match classify(u, pending, in_flight) {
+                UnitState::Starting => WorkerState::Starting,
+                UnitState::Stopping => WorkerState::Stopping,
+                UnitState::Busy => {
                     self.idle_since.remove(&u.worker_id);
                     WorkerState::Busy
                 }
-                _ => WorkerState::Idle {
+                UnitState::Idle => WorkerState::Idle {
                     since: *self.idle_since.entry(u.worker_id.clone()).or_insert(now),
                 },
+                // Not live: filtered out above.
+                UnitState::Failed | UnitState::Inactive => continue,
             };
             views.push(WorkerView {
                 id: u.worker_id.clone(),
@@ -620,27 +457,43 @@ impl Spawner {
     }
 }
 
-async fn connect_all(cfg: &Config, stop: &Notify) -> Option<(Systemd, Queue)> {
+/// What the program's entry point asks of the daemon (it owns the signals:
+/// SIGTERM/SIGINT mean [`Control::Stop`], SIGHUP [`Control::Reload`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Stop,
+    Reload,
+}
+
+/// Connect to systemd over D-Bus, waiting out an outage; `None` when asked
+/// to stop meanwhile.
+async fn connect_systemd(
+    cfg: &Config,
+    ctl: &mut mpsc::UnboundedReceiver<Control>,
+) -> Option<Systemd> {
     let mut backoff = Duration::from_millis(100);
     loop {
         let r = async {
             let sd = Systemd::connect(cfg.spawner.user_mode).await?;
             sd.ping().await?;
-            let q = Queue::connect(&cfg.redis).await?;
-            q.ensure_group().await?;
-            anyhow::Ok((sd, q))
+            anyhow::Ok(sd)
         }
         .await;
         match r {
-            Ok(x) => return Some(x),
+            Ok(sd) => return Some(sd),
             Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "waiting for systemd and Redis");
+                let bus = if cfg.spawner.user_mode {
+                    "session"
+                } else {
+                    "system"
+                };
+                tracing::warn!(error = %format!("{e:#}"), bus, retry_in_ms = backoff.as_millis() as u64, "cannot reach systemd over D-Bus; retrying");
                 notify(&[NotifyState::Status(&format!(
-                    "waiting for systemd and Redis: {e:#}"
+                    "waiting for systemd on the {bus} bus: {e:#}"
                 ))]);
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
-                    _ = stop.notified() => return None,
+                    c = ctl.recv() => if matches!(c, Some(Control::Stop) | None) { return None },
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
@@ -648,17 +501,175 @@ async fn connect_all(cfg: &Config, stop: &Notify) -> Option<(Systemd, Queue)> {
     }
 }
 
-/// Run the daemon until SIGTERM/SIGINT. Returns the process exit code.
-pub async fn run(cfg: Config, cfg_path: Option<PathBuf>) -> i32 {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return crate::exit::FAILURE;
+/// What to call the configured Redis in messages (no password).
+fn redis_name(cfg: &crate::config::RedisConfig) -> String {
+    crate::redis_target::Target::new(cfg)
+        .map(|t| t.describe().to_string())
+        .unwrap_or_else(|_| "redis.url".into())
+}
+
+/// One connection attempt, bounded (a black-holed address otherwise takes
+/// the client's connect timeout times its retries).
+async fn connect_redis(cfg: &Config) -> Result<Queue> {
+    const LIMIT: Duration = Duration::from_secs(10);
+    let attempt = async {
+        let q = Queue::connect(&cfg.redis).await?;
+        q.ensure_group().await?;
+        anyhow::Ok(q)
     };
+    match tokio::time::timeout(LIMIT, attempt).await {
+        Ok(r) => r,
+        Err(_) => Err(anyhow::anyhow!(
+            "Redis at {} did not answer within {}s",
+            redis_name(&cfg.redis),
+            LIMIT.as_secs()
+        )),
+    }
+}
+
+/// TCP endpoints the `[redis]` section points at (the sentinels with Sentinel).
+fn redis_endpoints(cfg: &crate::config::RedisConfig) -> Vec<(String, u16)> {
+    use redis::{ConnectionAddr, IntoConnectionInfo};
+    let urls: Vec<&str> = if cfg.sentinel_master.is_some() {
+        cfg.sentinels.iter().map(String::as_str).collect()
+    } else {
+        vec![cfg.url.as_str()]
+    };
+    urls.into_iter()
+        .filter_map(|u| u.into_connection_info().ok())
+        .filter_map(|i| match i.addr() {
+            ConnectionAddr::Tcp(h, p)
+            | ConnectionAddr::TcpTls {
+                host: h, port: p, ..
+            } => Some((h.clone(), *p)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Why Redis may be unreachable when the reason is this unit's own IP
+/// filter: systemd's `IPAddressDeny=` drops the packets in the kernel, so the
+/// client only sees a timeout while `peagenctl`, outside the unit, connects
+/// fine. Returns the operator's message, or `None` if the filter is not it.
+async fn ip_filter_hint(cfg: &crate::config::RedisConfig, sd: &Systemd) -> Option<String> {
+    let filter = sd.ip_filter_of_pid(std::process::id()).await.ok()??;
+    let mut blocked = Vec::new();
+    for (host, port) in redis_endpoints(cfg) {
+        let Ok(addrs) = tokio::net::lookup_host((host.as_str(), port)).await else {
+            continue;
+        };
+        for a in addrs {
+            if filter.blocks(a.ip()) && !blocked.contains(&a) {
+                blocked.push(a);
+            }
+        }
+    }
+    if blocked.is_empty() {
+        return None;
+    }
+    let list: Vec<String> = blocked.iter().map(|a| a.to_string()).collect();
+    Some(ip_filter_message(&list))
+}
+
+fn ip_filter_message(blocked: &[String]) -> String {
+    format!(
+        "Redis at {} is outside this unit's IP allow list (IPAddressDeny=/IPAddressAllow= of peagen-spawnerd.service; the shipped unit allows localhost only): the kernel drops the packets, which looks like a timeout. Allow the address with a drop-in: install /usr/share/doc/peagen-fabric/examples/20-remote-redis.conf as /etc/systemd/system/peagen-spawnerd.service.d/20-remote-redis.conf with your address, then systemctl daemon-reload and restart (docs/operations.md, \"Remote Redis\")",
+        blocked.join(", ")
+    )
+}
+
+/// Connect to Redis until it answers, keeping the service up meanwhile: the
+/// status names the address and the error, the watchdog is pinged, a reload
+/// applies a corrected `[redis]` section at once. `None` when asked to stop.
+async fn wait_for_redis(
+    cfg: &mut Config,
+    cfg_path: Option<&std::path::Path>,
+    sd: &Systemd,
+    ctl: &mut mpsc::UnboundedReceiver<Control>,
+    first_error: anyhow::Error,
+) -> Option<Queue> {
+    let watchdog = crate::telemetry::watchdog_interval();
+    let mut backoff = Duration::from_millis(500);
+    let mut err = first_error;
+    let mut last_said = (String::new(), None::<Instant>);
+    loop {
+        let hint = ip_filter_hint(&cfg.redis, sd).await;
+        let error = format!("{err:#}");
+        let redis = redis_name(&cfg.redis);
+        // Every change at WARN; the same error again once a minute.
+        if last_said.0 != error
+            || last_said
+                .1
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+        {
+            match &hint {
+                Some(h) => tracing::error!(redis = %redis, error = %error, "{h}"),
+                None => {
+                    tracing::warn!(redis = %redis, error = %error, retry_in_ms = backoff.as_millis() as u64,
+                    "cannot reach Redis; the spawner is running and starts workers once Redis answers")
+                }
+            }
+            last_said = (error.clone(), Some(Instant::now()));
+        }
+        notify(&[NotifyState::Status(&match &hint {
+            Some(h) => format!("waiting for Redis: {h} (error: {error})"),
+            None => format!(
+                "waiting for Redis (retrying every {}s): {error}",
+                backoff.as_secs().max(1)
+            ),
+        })]);
+        let deadline = tokio::time::sleep(backoff);
+        tokio::pin!(deadline);
+        loop {
+            let ping_in = watchdog.unwrap_or(Duration::from_secs(3600));
+            tokio::select! {
+                _ = &mut deadline => break,
+                _ = tokio::time::sleep(ping_in) => notify(&[NotifyState::Watchdog]),
+                c = ctl.recv() => match c {
+                    Some(Control::Reload) => match Config::load(cfg_path) {
+                        // Nothing is connected yet: the whole new config applies.
+                        Ok(new) => {
+                            notify(&[NotifyState::Reloading]);
+                            *cfg = new;
+                            tracing::info!("configuration reloaded");
+                            notify(&[NotifyState::Ready]);
+                            break;
+                        }
+                        Err(e) => tracing::error!(error = %e, "reload refused: configuration is not valid; keeping the running one"),
+                    },
+                    Some(Control::Stop) | None => return None,
+                },
+            }
+        }
+        if watchdog.is_some() {
+            notify(&[NotifyState::Watchdog]);
+        }
+        match connect_redis(cfg).await {
+            Ok(q) => {
+                tracing::info!(redis = %redis_name(&cfg.redis), "connected to Redis");
+                return Some(q);
+            }
+            Err(e) => err = e,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Run the daemon until [`Control::Stop`]. Returns the process exit code.
+///
+/// Readiness (`READY=1`) does not wait for Redis: once the metrics endpoint
+/// is up and systemd answers, the daemon is up. If Redis answers at once the
+/// first reconcile pass runs before `READY=1` (state rebuilt from systemd and
+/// Redis); if not, `READY=1` goes out with a `STATUS=` that names the Redis
+/// address and the error, and the connection is retried in the background.
+/// A start job that hangs on a remote service helps nobody: `systemctl
+/// status` says what is wrong instead, and the unit does not restart-loop.
+pub async fn run(
+    cfg: Config,
+    cfg_path: Option<PathBuf>,
+    mut ctl: mpsc::UnboundedReceiver<Control>,
+) -> i32 {
+    let mut cfg = cfg;
     let mut reg = crate::metrics::new_registry();
     let m = SpawnerMetrics::new(&mut reg);
     let reg: SharedRegistry = Arc::new(std::sync::Mutex::new(reg));
@@ -677,19 +688,25 @@ pub async fn run(cfg: Config, cfg_path: Option<PathBuf>) -> i32 {
             }
         }
     }
-    // Connect (waiting out outages) while still answering SIGTERM.
-    let stop = Arc::new(Notify::new());
-    let stop2 = stop.clone();
-    let connect = connect_all(&cfg, &stop2);
-    tokio::pin!(connect);
-    let (sd, queue) = loop {
-        tokio::select! {
-            r = &mut connect => match r {
-                Some(x) => break x,
-                None => return crate::exit::OK,
-            },
-            _ = term.recv() => { stop.notify_one(); }
-            _ = int.recv() => { stop.notify_one(); }
+    let Some(sd) = connect_systemd(&cfg, &mut ctl).await else {
+        return crate::exit::OK;
+    };
+    // One try before READY=1, so the usual start rebuilds state first.
+    let queue = match connect_redis(&cfg).await {
+        Ok(q) => q,
+        Err(e) => {
+            tracing::info!(
+                user_mode = cfg.spawner.user_mode,
+                "peagen-spawnerd ready (waiting for Redis)"
+            );
+            notify(&[NotifyState::Ready]);
+            match wait_for_redis(&mut cfg, cfg_path.as_deref(), &sd, &mut ctl, e).await {
+                Some(q) => q,
+                None => {
+                    notify(&[NotifyState::Stopping]);
+                    return crate::exit::OK;
+                }
+            }
         }
     };
     let (start_tx, mut start_rx) = mpsc::unbounded_channel();
@@ -735,9 +752,10 @@ pub async fn run(cfg: Config, cfg_path: Option<PathBuf>) -> i32 {
     sweep.tick().await;
     loop {
         tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = hup.recv() => { sp.reload(); continue; }
+            c = ctl.recv() => match c {
+                Some(Control::Reload) => { sp.reload(); continue; }
+                Some(Control::Stop) | None => break,
+            },
             Some((id, r)) = start_rx.recv() => { sp.on_started(id, r).await; }
             _ = wake.notified() => {}
             _ = tick.tick() => {}
@@ -854,33 +872,4 @@ fn spawn_watcher(sd: &Systemd, wake: Arc<Notify>) -> tokio::task::JoinHandle<()>
         }
         wake.notify_one();
     })
-}
-
-/// `peagen-spawnerd [--config FILE]`.
-#[derive(clap::Parser, Debug)]
-#[command(
-    name = "peagen-spawnerd",
-    version,
-    about = "Autoscale peagen-worker@<uuid>.service units from the Redis queue"
-)]
-pub struct SpawnerCli {
-    /// Config file (default /etc/peagen/peagen.toml if present).
-    #[arg(long, short = 'c')]
-    pub config: Option<PathBuf>,
-}
-
-pub fn cli_main() -> i32 {
-    use clap::Parser;
-    let cli = SpawnerCli::parse();
-    let (cfg, rt) =
-        match crate::telemetry::bootstrap("peagen-spawnerd", cli.config.as_deref(), true) {
-            Ok(x) => x,
-            Err(code) => return code,
-        };
-    let path = cli.config.or_else(|| {
-        std::path::Path::new(crate::config::DEFAULT_PATH)
-            .exists()
-            .then(|| crate::config::DEFAULT_PATH.into())
-    });
-    rt.block_on(run(cfg, path))
 }

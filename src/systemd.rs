@@ -63,6 +63,58 @@ impl UnitInfo {
     }
 }
 
+/// An address prefix as systemd lists it in `IPAddressAllow=`/`IPAddressDeny=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpPrefix {
+    pub addr: std::net::IpAddr,
+    pub len: u32,
+}
+
+impl IpPrefix {
+    /// From the D-Bus form `(family, address bytes, prefix length)`.
+    fn from_dbus((family, bytes, len): &(i32, Vec<u8>, u32)) -> Option<Self> {
+        let addr = match (*family, bytes.len()) {
+            (libc::AF_INET, 4) => std::net::IpAddr::from(<[u8; 4]>::try_from(&bytes[..]).ok()?),
+            (libc::AF_INET6, 16) => std::net::IpAddr::from(<[u8; 16]>::try_from(&bytes[..]).ok()?),
+            _ => return None,
+        };
+        Some(IpPrefix { addr, len: *len })
+    }
+
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr::{V4, V6};
+        match (self.addr, ip) {
+            (V4(p), V4(a)) => prefix_eq(&p.octets(), &a.octets(), self.len),
+            (V6(p), V6(a)) => prefix_eq(&p.octets(), &a.octets(), self.len),
+            _ => false,
+        }
+    }
+}
+
+fn prefix_eq(p: &[u8], a: &[u8], len: u32) -> bool {
+    let len = (len as usize).min(p.len() * 8);
+    let (whole, rest) = (len / 8, len % 8);
+    p[..whole] == a[..whole]
+        && (rest == 0 || {
+            let mask = 0xffu8 << (8 - rest);
+            p[whole] & mask == a[whole] & mask
+        })
+}
+
+/// A unit's IP access lists. As in systemd.resource-control(5): an address
+/// on the allow list passes, else one on the deny list is dropped, else it passes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IpFilter {
+    pub allow: Vec<IpPrefix>,
+    pub deny: Vec<IpPrefix>,
+}
+
+impl IpFilter {
+    pub fn blocks(&self, ip: std::net::IpAddr) -> bool {
+        !self.allow.iter().any(|p| p.contains(ip)) && self.deny.iter().any(|p| p.contains(ip))
+    }
+}
+
 /// How a start job ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StartOutcome {
@@ -119,6 +171,24 @@ impl Systemd {
         };
         sd.subscribe().await?;
         Ok(sd)
+    }
+
+    /// The IP filter (`IPAddressAllow=`/`IPAddressDeny=`) of the service unit
+    /// that runs `pid`; `None` when `pid` is not in a service unit.
+    pub async fn ip_filter_of_pid(&self, pid: u32) -> Result<Option<IpFilter>> {
+        let Ok(path) = self.mgr.get_unit_by_pid(pid).await else {
+            return Ok(None);
+        };
+        let svc = ServiceProxy::builder(&self.conn).path(path).build().await?;
+        // Not a service (a scope, say): no such properties.
+        let (Ok(allow), Ok(deny)) = (svc.ip_address_allow().await, svc.ip_address_deny().await)
+        else {
+            return Ok(None);
+        };
+        Ok(Some(IpFilter {
+            allow: allow.iter().filter_map(IpPrefix::from_dbus).collect(),
+            deny: deny.iter().filter_map(IpPrefix::from_dbus).collect(),
+        }))
     }
 
     /// `Subscribe()`; `AlreadySubscribed` is fine.
@@ -566,6 +636,45 @@ mod tests {
         assert_eq!(worker_id_of("peagen-worker@.service"), None);
         assert_eq!(worker_id_of("redis.service"), None);
         assert_eq!(worker_id_of("peagen-worker@x.socket"), None);
+    }
+
+    #[test]
+    fn ip_filter_follows_systemd_semantics() {
+        // What peagen-spawnerd.service ships: IPAddressDeny=any, IPAddressAllow=localhost.
+        let shipped = IpFilter {
+            allow: vec![
+                IpPrefix::from_dbus(&(libc::AF_INET, vec![127, 0, 0, 0], 8)).unwrap(),
+                IpPrefix::from_dbus(&(
+                    libc::AF_INET6,
+                    [0u8; 15].iter().copied().chain([1]).collect(),
+                    128,
+                ))
+                .unwrap(),
+            ],
+            deny: vec![
+                IpPrefix::from_dbus(&(libc::AF_INET, vec![0; 4], 0)).unwrap(),
+                IpPrefix::from_dbus(&(libc::AF_INET6, vec![0; 16], 0)).unwrap(),
+            ],
+        };
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        assert!(!shipped.blocks(ip("127.0.0.1")));
+        assert!(!shipped.blocks(ip("127.3.2.1")));
+        assert!(!shipped.blocks(ip("::1")));
+        assert!(shipped.blocks(ip("10.0.0.5")));
+        assert!(shipped.blocks(ip("2001:db8::1")));
+        // With the remote-Redis drop-in (IPAddressAllow=10.0.0.5/32).
+        let mut widened = shipped.clone();
+        widened
+            .allow
+            .push(IpPrefix::from_dbus(&(libc::AF_INET, vec![10, 0, 0, 5], 32)).unwrap());
+        assert!(!widened.blocks(ip("10.0.0.5")));
+        assert!(widened.blocks(ip("10.0.0.6")));
+        // Prefixes that end inside a byte.
+        let p = IpPrefix::from_dbus(&(libc::AF_INET, vec![192, 168, 16, 0], 20)).unwrap();
+        assert!(p.contains(ip("192.168.31.255")) && !p.contains(ip("192.168.32.0")));
+        // No lists: nothing blocked.
+        assert!(!IpFilter::default().blocks(ip("10.0.0.5")));
+        assert!(IpPrefix::from_dbus(&(libc::AF_INET, vec![1, 2, 3], 8)).is_none());
     }
 
     #[test]

@@ -1,30 +1,123 @@
-# fish completion for peagenctl. Hand-written fallback; the package build
-# installs the output of `peagenctl completions fish` instead when available.
-set -l cmds push task queue workers config
-complete -c peagenctl -f
-complete -c peagenctl -s c -l config -r -F -d 'configuration file'
-complete -c peagenctl -l json -d 'machine-readable JSON output'
-complete -c peagenctl -s h -l help -d 'show usage'
-complete -c peagenctl -s V -l version -d 'show version'
-complete -c peagenctl -n "not __fish_seen_subcommand_from $cmds" -a push -d 'push a task'
-complete -c peagenctl -n "not __fish_seen_subcommand_from $cmds" -a task -d 'task results'
-complete -c peagenctl -n "not __fish_seen_subcommand_from $cmds" -a queue -d 'queue statistics and dead letters'
-complete -c peagenctl -n "not __fish_seen_subcommand_from $cmds" -a workers -d 'list workers'
-complete -c peagenctl -n "not __fish_seen_subcommand_from $cmds" -a config -d 'configuration'
-complete -c peagenctl -n '__fish_seen_subcommand_from push' -s k -l kind -x -a 'echo execute' -d 'task kind'
-complete -c peagenctl -n '__fish_seen_subcommand_from push' -s p -l payload -x -d 'payload JSON object'
-complete -c peagenctl -n '__fish_seen_subcommand_from push' -l id -x -d 'task id'
-complete -c peagenctl -n '__fish_seen_subcommand_from push' -l requires -x -d 'required capability'
-complete -c peagenctl -n '__fish_seen_subcommand_from push' -l max-attempts -x
-complete -c peagenctl -n '__fish_seen_subcommand_from push' -l timeout-ms -x
-complete -c peagenctl -n '__fish_seen_subcommand_from push' -l deadline -x -d 'RFC 3339 time'
-complete -c peagenctl -n '__fish_seen_subcommand_from push' -l trace-id -x -d 'W3C traceparent'
-complete -c peagenctl -n '__fish_seen_subcommand_from push' -l file -r -F -d 'task documents (JSON lines)'
-complete -c peagenctl -n '__fish_seen_subcommand_from push' -l count -x -d 'push N copies'
-complete -c peagenctl -n '__fish_seen_subcommand_from task; and not __fish_seen_subcommand_from get' -a get -d 'print a result record'
-complete -c peagenctl -n '__fish_seen_subcommand_from get' -l wait -x -d 'wait up to SECS'
-complete -c peagenctl -n '__fish_seen_subcommand_from queue; and not __fish_seen_subcommand_from stats dlq' -a 'stats dlq'
-complete -c peagenctl -n '__fish_seen_subcommand_from dlq; and not __fish_seen_subcommand_from list export retry' -a 'list export retry'
-complete -c peagenctl -n '__fish_seen_subcommand_from list' -l limit -x
-complete -c peagenctl -n '__fish_seen_subcommand_from retry' -l all -d 'retry every dead letter'
-complete -c peagenctl -n '__fish_seen_subcommand_from config; and not __fish_seen_subcommand_from validate show' -a 'validate show'
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_peagenctl_global_optspecs
+    string join \n c/config= json h/help V/version
+end
+
+function __fish_peagenctl_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_peagenctl_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_peagenctl_using_subcommand
+    set -l cmd (__fish_peagenctl_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c peagenctl -n "__fish_peagenctl_needs_command" -s c -l config -d 'Config file (default /etc/peagen/peagen.toml if it exists, else built-in defaults)' -r -F
+complete -c peagenctl -n "__fish_peagenctl_needs_command" -l json -d 'Machine-readable JSON output'
+complete -c peagenctl -n "__fish_peagenctl_needs_command" -s h -l help -d 'Print help'
+complete -c peagenctl -n "__fish_peagenctl_needs_command" -s V -l version -d 'Print version'
+complete -c peagenctl -n "__fish_peagenctl_needs_command" -f -a "push" -d 'Push a task (from flags, or a whole task document with --file) and print its id'
+complete -c peagenctl -n "__fish_peagenctl_needs_command" -f -a "task" -d 'Task results'
+complete -c peagenctl -n "__fish_peagenctl_needs_command" -f -a "queue" -d 'Queue statistics and dead letters'
+complete -c peagenctl -n "__fish_peagenctl_needs_command" -f -a "workers" -d 'Workers known to the queue: consumer, pending, idle time, current task'
+complete -c peagenctl -n "__fish_peagenctl_needs_command" -f -a "config" -d 'Configuration'
+complete -c peagenctl -n "__fish_peagenctl_needs_command" -f -a "completions" -d 'Print a shell completion script, generated from the command-line definitions'
+complete -c peagenctl -n "__fish_peagenctl_needs_command" -f -a "man" -d 'Write the man pages of peagenctl, peagen-worker and peagen-spawnerd into DIR'
+complete -c peagenctl -n "__fish_peagenctl_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand push" -s k -l kind -d 'Task kind (echo, execute, or a configured command kind)' -r
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand push" -s p -l payload -d 'Payload JSON object' -r
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand push" -l id -d 'Task id (default: generated)' -r
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand push" -l requires -d 'Capability the task requires (repeatable)' -r
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand push" -l max-attempts -r
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand push" -l timeout-ms -r
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand push" -l deadline -d 'RFC 3339 time after which the task must not start' -r
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand push" -l trace-id -d 'W3C traceparent' -r
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand push" -l file -d 'Read task documents (one JSON object per line) from FILE, or - for stdin' -r -F
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand push" -l count -d 'Push N copies (ids suffixed -1..-N when --id is given)' -r
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand push" -s c -l config -d 'Config file (default /etc/peagen/peagen.toml if it exists, else built-in defaults)' -r -F
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand push" -l json -d 'Machine-readable JSON output'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand push" -s h -l help -d 'Print help'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand task; and not __fish_seen_subcommand_from get help" -s c -l config -d 'Config file (default /etc/peagen/peagen.toml if it exists, else built-in defaults)' -r -F
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand task; and not __fish_seen_subcommand_from get help" -l json -d 'Machine-readable JSON output'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand task; and not __fish_seen_subcommand_from get help" -s h -l help -d 'Print help'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand task; and not __fish_seen_subcommand_from get help" -f -a "get" -d 'Print a task\'s result record (exit 1 if there is none yet)'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand task; and not __fish_seen_subcommand_from get help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand task; and __fish_seen_subcommand_from get" -l wait -d 'Wait up to SECS for the result' -r
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand task; and __fish_seen_subcommand_from get" -s c -l config -d 'Config file (default /etc/peagen/peagen.toml if it exists, else built-in defaults)' -r -F
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand task; and __fish_seen_subcommand_from get" -l json -d 'Machine-readable JSON output'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand task; and __fish_seen_subcommand_from get" -s h -l help -d 'Print help'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand task; and __fish_seen_subcommand_from help" -f -a "get" -d 'Print a task\'s result record (exit 1 if there is none yet)'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand task; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand queue; and not __fish_seen_subcommand_from stats dlq help" -s c -l config -d 'Config file (default /etc/peagen/peagen.toml if it exists, else built-in defaults)' -r -F
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand queue; and not __fish_seen_subcommand_from stats dlq help" -l json -d 'Machine-readable JSON output'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand queue; and not __fish_seen_subcommand_from stats dlq help" -s h -l help -d 'Print help'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand queue; and not __fish_seen_subcommand_from stats dlq help" -f -a "stats" -d 'Length, lag, pending, delayed retries, consumers, oldest age'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand queue; and not __fish_seen_subcommand_from stats dlq help" -f -a "dlq" -d 'Dead-letter stream'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand queue; and not __fish_seen_subcommand_from stats dlq help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand queue; and __fish_seen_subcommand_from stats" -s c -l config -d 'Config file (default /etc/peagen/peagen.toml if it exists, else built-in defaults)' -r -F
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand queue; and __fish_seen_subcommand_from stats" -l json -d 'Machine-readable JSON output'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand queue; and __fish_seen_subcommand_from stats" -s h -l help -d 'Print help'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand queue; and __fish_seen_subcommand_from dlq" -s c -l config -d 'Config file (default /etc/peagen/peagen.toml if it exists, else built-in defaults)' -r -F
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand queue; and __fish_seen_subcommand_from dlq" -l json -d 'Machine-readable JSON output'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand queue; and __fish_seen_subcommand_from dlq" -s h -l help -d 'Print help'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand queue; and __fish_seen_subcommand_from dlq" -f -a "list" -d 'List dead letters'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand queue; and __fish_seen_subcommand_from dlq" -f -a "export" -d 'Write every dead letter as one JSON object per line to stdout'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand queue; and __fish_seen_subcommand_from dlq" -f -a "retry" -d 'Put dead letters back on the queue with attempts reset'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand queue; and __fish_seen_subcommand_from dlq" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand queue; and __fish_seen_subcommand_from help" -f -a "stats" -d 'Length, lag, pending, delayed retries, consumers, oldest age'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand queue; and __fish_seen_subcommand_from help" -f -a "dlq" -d 'Dead-letter stream'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand queue; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand workers" -s c -l config -d 'Config file (default /etc/peagen/peagen.toml if it exists, else built-in defaults)' -r -F
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand workers" -l json -d 'Machine-readable JSON output'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand workers" -s h -l help -d 'Print help'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand config; and not __fish_seen_subcommand_from validate show help" -s c -l config -d 'Config file (default /etc/peagen/peagen.toml if it exists, else built-in defaults)' -r -F
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand config; and not __fish_seen_subcommand_from validate show help" -l json -d 'Machine-readable JSON output'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand config; and not __fish_seen_subcommand_from validate show help" -s h -l help -d 'Print help'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand config; and not __fish_seen_subcommand_from validate show help" -f -a "validate" -d 'Check a config file; exit 0 if valid, 78 if not'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand config; and not __fish_seen_subcommand_from validate show help" -f -a "show" -d 'Print the effective configuration (file + defaults + environment) as TOML'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand config; and not __fish_seen_subcommand_from validate show help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand config; and __fish_seen_subcommand_from validate" -s c -l config -d 'Config file (default /etc/peagen/peagen.toml if it exists, else built-in defaults)' -r -F
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand config; and __fish_seen_subcommand_from validate" -l json -d 'Machine-readable JSON output'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand config; and __fish_seen_subcommand_from validate" -s h -l help -d 'Print help'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand config; and __fish_seen_subcommand_from show" -s c -l config -d 'Config file (default /etc/peagen/peagen.toml if it exists, else built-in defaults)' -r -F
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand config; and __fish_seen_subcommand_from show" -l json -d 'Machine-readable JSON output'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand config; and __fish_seen_subcommand_from show" -s h -l help -d 'Print help'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand config; and __fish_seen_subcommand_from help" -f -a "validate" -d 'Check a config file; exit 0 if valid, 78 if not'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand config; and __fish_seen_subcommand_from help" -f -a "show" -d 'Print the effective configuration (file + defaults + environment) as TOML'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand config; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand completions" -l program -d 'Program to complete' -r -f -a "peagenctl\t''
+peagen-worker\t''
+peagen-spawnerd\t''"
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand completions" -l dir -d 'Write the scripts of all three programs into DIR instead' -r -F
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand completions" -s c -l config -d 'Config file (default /etc/peagen/peagen.toml if it exists, else built-in defaults)' -r -F
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand completions" -l json -d 'Machine-readable JSON output'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand completions" -s h -l help -d 'Print help'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand man" -l dir -r -F
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand man" -s c -l config -d 'Config file (default /etc/peagen/peagen.toml if it exists, else built-in defaults)' -r -F
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand man" -l json -d 'Machine-readable JSON output'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand man" -s h -l help -d 'Print help'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and not __fish_seen_subcommand_from push task queue workers config completions man help" -f -a "push" -d 'Push a task (from flags, or a whole task document with --file) and print its id'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and not __fish_seen_subcommand_from push task queue workers config completions man help" -f -a "task" -d 'Task results'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and not __fish_seen_subcommand_from push task queue workers config completions man help" -f -a "queue" -d 'Queue statistics and dead letters'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and not __fish_seen_subcommand_from push task queue workers config completions man help" -f -a "workers" -d 'Workers known to the queue: consumer, pending, idle time, current task'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and not __fish_seen_subcommand_from push task queue workers config completions man help" -f -a "config" -d 'Configuration'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and not __fish_seen_subcommand_from push task queue workers config completions man help" -f -a "completions" -d 'Print a shell completion script, generated from the command-line definitions'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and not __fish_seen_subcommand_from push task queue workers config completions man help" -f -a "man" -d 'Write the man pages of peagenctl, peagen-worker and peagen-spawnerd into DIR'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and not __fish_seen_subcommand_from push task queue workers config completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and __fish_seen_subcommand_from task" -f -a "get" -d 'Print a task\'s result record (exit 1 if there is none yet)'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and __fish_seen_subcommand_from queue" -f -a "stats" -d 'Length, lag, pending, delayed retries, consumers, oldest age'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and __fish_seen_subcommand_from queue" -f -a "dlq" -d 'Dead-letter stream'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and __fish_seen_subcommand_from config" -f -a "validate" -d 'Check a config file; exit 0 if valid, 78 if not'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and __fish_seen_subcommand_from config" -f -a "show" -d 'Print the effective configuration (file + defaults + environment) as TOML'

@@ -1,3 +1,3 @@
 fn main() {
-    std::process::exit(peagen_fabric::spawner::cli_main());
+    std::process::exit(peagen_fabric::app::spawnerd::cli_main());
 }

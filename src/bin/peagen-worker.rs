@@ -1,3 +1,3 @@
 fn main() {
-    std::process::exit(peagen_fabric::worker::cli_main());
+    std::process::exit(peagen_fabric::app::worker::cli_main());
 }

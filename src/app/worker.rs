@@ -1,0 +1,155 @@
+//! `peagen-worker`: command line, signals and wiring around
+//! [`crate::worker::Worker`].
+
+use crate::config::Config;
+use crate::metrics::{labels, WorkerMetrics};
+use crate::queue::Queue;
+use crate::telemetry::notify;
+use crate::worker::{pending_gauge_loop, ExitReason, Worker, FLEET_FLUSH_EVERY};
+use sd_notify::NotifyState;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+#[derive(clap::Parser, Debug)]
+#[command(
+    name = "peagen-worker",
+    version,
+    about = "Consume Peagen tasks from Redis Streams and run them"
+)]
+pub struct WorkerCli {
+    /// Config file (default /etc/peagen/peagen.toml if it exists, else built-in defaults).
+    #[arg(long, short = 'c', global = true)]
+    pub config: Option<std::path::PathBuf>,
+    #[command(subcommand)]
+    pub cmd: Option<WorkerCmd>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum WorkerCmd {
+    /// Run the consume loop (the default).
+    Run,
+    /// Run a command in the execute sandbox and print its verdict (debugging).
+    #[command(disable_help_flag = true)]
+    SandboxRun {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+/// `peagen-worker` entry point; returns the process exit code.
+pub fn cli_main() -> i32 {
+    use clap::Parser;
+    let cli = WorkerCli::parse();
+    if let Some(WorkerCmd::SandboxRun { args }) = cli.cmd {
+        return crate::sandbox::run_cli(args);
+    }
+    // One thread: the consume loop is sequential and every handler is async
+    // (blocking work goes to spawn_blocking). A multi-thread runtime only
+    // added cross-thread wake-ups (futex/eventfd) to each Redis round trip.
+    let (cfg, rt) = match crate::telemetry::bootstrap("peagen-worker", cli.config.as_deref(), false)
+    {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    rt.block_on(async_main(cfg))
+}
+
+async fn async_main(cfg: Config) -> i32 {
+    let mut reg = crate::metrics::new_registry();
+    let metrics = WorkerMetrics::new(&mut reg);
+    let reg = Arc::new(std::sync::Mutex::new(reg));
+    let (tx, rx) = watch::channel(false);
+    spawn_signal_listener(tx);
+    // Connect with backoff: a worker started while Redis is down waits.
+    let mut backoff = Duration::from_millis(100);
+    let queue = loop {
+        match Queue::connect(&cfg.redis).await {
+            Ok(q) => break Arc::new(q),
+            Err(e) => {
+                if *rx.borrow() {
+                    metrics
+                        .exit_reason
+                        .get_or_create(&labels(&[("reason", "signal")]))
+                        .inc();
+                    return crate::exit::OK;
+                }
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot connect to Redis; retrying");
+                notify(&[NotifyState::Status(&format!("waiting for Redis: {e}"))]);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    if !cfg.metrics.listen.is_empty() {
+        match cfg.metrics.listen.parse() {
+            Ok(addr) => match crate::metrics::serve(addr, reg.clone()).await {
+                Ok(local) => {
+                    tracing::info!(listen = %local, "metrics endpoint up");
+                    tokio::spawn(pending_gauge_loop(
+                        queue.clone(),
+                        metrics.clone(),
+                        Duration::from_secs(15),
+                    ));
+                }
+                Err(e) => {
+                    tracing::error!(listen = %cfg.metrics.listen, error = %e, "cannot serve metrics; continuing without")
+                }
+            },
+            Err(e) => {
+                tracing::error!(listen = %cfg.metrics.listen, error = %e, "bad metrics address")
+            }
+        }
+    }
+    // Counters also go to the host's Redis hash, exported by the spawner.
+    let sink = Arc::new(crate::metrics::FleetSink::new(
+        reg.clone(),
+        cfg.redis.fleet_metrics_key(&crate::telemetry::hostname()),
+    ));
+    let flusher = tokio::spawn(sink.clone().run(queue.clone(), FLEET_FLUSH_EVERY));
+    let fleet_queue = queue.clone();
+    let mut w = Worker::new(cfg, queue, metrics.clone(), rx);
+    let reason = w.run().await;
+    notify(&[
+        NotifyState::Stopping,
+        NotifyState::Status(&format!("exiting: {}", reason.as_str())),
+    ]);
+    metrics
+        .exit_reason
+        .get_or_create(&labels(&[("reason", reason.as_str())]))
+        .inc();
+    // Last flush, after the exit reason is counted (waits for a running one).
+    match tokio::time::timeout(Duration::from_secs(5), sink.flush(&fleet_queue)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(key = %sink.key(), error = %e, "final metrics flush failed; these counts are lost")
+        }
+        Err(_) => tracing::warn!(key = %sink.key(), "final metrics flush timed out"),
+    }
+    flusher.abort();
+    tracing::info!(worker_id = %w.id(), reason = reason.as_str(), "worker exiting");
+    match reason {
+        ExitReason::Error => crate::exit::FAILURE,
+        _ => crate::exit::OK,
+    }
+}
+
+/// SIGTERM/SIGINT flip the shutdown flag once; the loops drain and exit.
+fn spawn_signal_listener(tx: watch::Sender<bool>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    tokio::spawn(async move {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!(signal = "SIGTERM", "stop requested"),
+            _ = int.recv() => tracing::info!(signal = "SIGINT", "stop requested"),
+        }
+        notify(&[NotifyState::Stopping]);
+        let _ = tx.send(true);
+    });
+}
