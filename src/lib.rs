@@ -8,6 +8,8 @@ pub mod app;
 pub mod config;
 pub mod ctl;
 pub mod exit;
+pub mod fleet;
+pub mod fleet_store;
 pub mod handlers;
 pub mod inventory;
 pub mod metrics;

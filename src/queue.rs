@@ -322,6 +322,11 @@ impl Queue {
         &self.cfg
     }
 
+    /// The shared connection, for modules with their own scripts (the fleet record).
+    pub fn connection(&self) -> ConnectionManager {
+        self.c()
+    }
+
     fn c(&self) -> ConnectionManager {
         self.shared
             .conn

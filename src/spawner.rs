@@ -40,6 +40,8 @@ struct Spawner {
     queue: Arc<Queue>,
     m: SpawnerMetrics,
     host: String,
+    /// Heartbeat, fleet share and dead-host hand-over ([`crate::fleet_store`]).
+    fleet: crate::fleet_store::FleetAgent,
     breaker: Breaker,
     mem: Memory,
     /// Worker id -> since when it was seen idle (rebuilt after a restart).
@@ -224,7 +226,20 @@ impl Spawner {
             pending: stats.pending,
         };
         let allowed = self.breaker.allowed_starts(now, self.starting.len() as u32);
-        let d = policy::decide(&self.policy_cfg(), &backlog, &views, self.mem, allowed, now);
+        let max_attempts = self.max_attempts();
+        let ft = (self.fleet)
+            .tick(
+                &self.queue,
+                &self.cfg.spawner,
+                &backlog,
+                &views,
+                max_attempts,
+            )
+            .await;
+        self.count_reclaimed(&ft.reclaimed);
+        // No heartbeat (Redis unreachable): hold the current count.
+        let want = (ft.want).unwrap_or_else(|| crate::fleet::Counts::of(&views).capacity());
+        let d = policy::decide_towards(&self.policy_cfg(), want, &views, self.mem, allowed, now);
         self.mem = d.memory;
         for _ in 0..d.start {
             self.start_one();
@@ -247,7 +262,7 @@ impl Spawner {
     }
 
     fn start_one(&mut self) {
-        let id = uuid::Uuid::new_v4().to_string();
+        let id = crate::fleet::worker_id(&self.host, &uuid::Uuid::new_v4());
         let unit = crate::systemd::unit_name(&id);
         tracing::info!(worker_id = %id, unit = %unit, "starting worker");
         self.m.spawns.inc();
@@ -672,6 +687,7 @@ pub async fn run(
     let mut cfg = cfg;
     let mut reg = crate::metrics::new_registry();
     let m = SpawnerMetrics::new(&mut reg);
+    let fleet_m = crate::fleet_store::FleetMetrics::register(&mut reg);
     let reg: SharedRegistry = Arc::new(std::sync::Mutex::new(reg));
     if !cfg.metrics.spawner_listen.is_empty() {
         match cfg.metrics.spawner_listen.parse() {
@@ -724,6 +740,11 @@ pub async fn run(
         queue: Arc::new(queue),
         m,
         host: crate::telemetry::hostname(),
+        fleet: crate::fleet_store::FleetAgent::new(
+            &crate::telemetry::hostname(),
+            &cfg.redis.tasks_stream,
+            fleet_m,
+        ),
         mem: Memory::default(),
         idle_since: HashMap::new(),
         starting: HashMap::new(),

@@ -22,6 +22,9 @@ _peagenctl() {
             peagenctl,config)
                 cmd="peagenctl__subcmd__config"
                 ;;
+            peagenctl,fleet)
+                cmd="peagenctl__subcmd__fleet"
+                ;;
             peagenctl,help)
                 cmd="peagenctl__subcmd__help"
                 ;;
@@ -63,6 +66,9 @@ _peagenctl() {
                 ;;
             peagenctl__subcmd__help,config)
                 cmd="peagenctl__subcmd__help__subcmd__config"
+                ;;
+            peagenctl__subcmd__help,fleet)
+                cmd="peagenctl__subcmd__help__subcmd__fleet"
                 ;;
             peagenctl__subcmd__help,help)
                 cmd="peagenctl__subcmd__help__subcmd__help"
@@ -176,7 +182,7 @@ _peagenctl() {
 
     case "${cmd}" in
         peagenctl)
-            opts="-c -h -V --config --json --help --version push task queue workers config completions man help"
+            opts="-c -h -V --config --json --help --version push task queue workers fleet config completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -349,8 +355,30 @@ _peagenctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        peagenctl__subcmd__fleet)
+            opts="-c -h --config --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         peagenctl__subcmd__help)
-            opts="push task queue workers config completions man help"
+            opts="push task queue workers fleet config completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -408,6 +436,20 @@ _peagenctl() {
         peagenctl__subcmd__help__subcmd__config__subcmd__validate)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        peagenctl__subcmd__help__subcmd__fleet)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
