@@ -275,9 +275,11 @@ impl FleetAgent {
                 return FleetTick::default();
             }
         };
+        // Hosts in host scope size themselves: they take no share.
         let hosts: Vec<(String, u32)> = beat
             .hosts
             .iter()
+            .filter(|h| h.state.scope == fleet::ScaleScope::Fleet || h.id == self.host)
             .map(|h| (h.id.clone(), h.state.max))
             .collect();
         let (share, desired) = fleet::target(
@@ -291,7 +293,7 @@ impl FleetAgent {
             tracing::debug!(share, desired, hosts = hosts.len(), "fleet share");
         }
         self.last = (share, desired);
-        let n = hosts.len() + usize::from(!hosts.iter().any(|h| h.0 == self.host));
+        let n = beat.hosts.len() + usize::from(!beat.hosts.iter().any(|h| h.id == self.host));
         self.metrics.hosts.set(n as i64);
         self.metrics.desired.set(desired as i64);
         let mut reclaimed = ReclaimReport::default();
