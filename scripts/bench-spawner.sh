@@ -12,13 +12,12 @@ set -euo pipefail
 ROUNDS=${1:-5}; TASKS=${2:-20}
 here=$(cd "$(dirname "$0")/.." && pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$here/target}
-BOX=${BOX_DIR:-/var/tmp/peagen-bench-box}
 [ "$(id -u)" = 0 ] || { echo "bench-spawner: needs root (boots systemd in a private namespace)" >&2; exit 1; }
+BOX=$(mktemp -d /var/tmp/peagen-bench-box.XXXXXX)   # fresh per run; never under /tmp
+box() { "$here/tests/box/box.sh" "$@"; }
+trap 'box rm "$BOX" || echo "bench-spawner: warning: cleaning up $BOX failed" >&2' EXIT
 (cd "$here" && cargo build --release --bins -q)
 bin=$CARGO_TARGET_DIR/release
-box() { "$here/tests/box/box.sh" "$@"; }
-trap 'box stop "$BOX" >/dev/null 2>&1 || true' EXIT
-box stop "$BOX" >/dev/null 2>&1 || true
 box start "$BOX" >/dev/null
 port=$(cat "$BOX/redis.port")
 mport=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')

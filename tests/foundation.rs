@@ -143,11 +143,14 @@ fn kill_9_mid_task_then_restart_completes_exactly_once() {
     // The entry is still pending for this consumer, not acknowledged.
     assert_eq!(r.int(&["XLEN", "peagen.tasks"]), 1);
     assert!(results_for(&r, &id).is_empty());
-    let _w2 = WorkerProc::start(&r, &cfg, "w-crash", &[]);
+    let mut w2 = WorkerProc::start(&r, &cfg, "w-crash", &[]);
     eventually(LONG, "result after restart", || {
         !results_for(&r, &id).is_empty()
     });
-    std::thread::sleep(Duration::from_secs(1));
+    // Nothing can add a second result once the only worker left has exited
+    // (SIGTERM: it finishes what it holds first); count after that.
+    w2.term();
+    assert_eq!(w2.wait_exit(LONG), Some(0), "{}", w2.log_text());
     let res = results_for(&r, &id);
     assert_eq!(res.len(), 1, "exactly one result record: {res:?}");
     assert_eq!(res[0]["status"], "ok");
@@ -705,7 +708,11 @@ fn worker_waits_for_redis_that_starts_later() {
     let dir = tempfile::tempdir_in(scratch()).unwrap();
     let cfg = cfg_with(dir.path(), "");
     let w = WorkerProc::start(&r, &cfg, "w-late", &[]);
-    std::thread::sleep(Duration::from_millis(1500));
+    // Redis comes up only once the worker has found it down and is retrying.
+    eventually(LONG, "the worker retrying its connection", || {
+        let log = w.log_text();
+        log.contains("cannot connect to Redis") || log.contains("Redis not ready")
+    });
     r.crash_and_restart(Duration::ZERO);
     push(&r, &cfg, "echo", "late-1");
     eventually(LONG, "processed once Redis is up", || {

@@ -6,7 +6,8 @@
 mod support;
 
 use serde_json::Value;
-use std::process::{Child, Command, Stdio};
+use std::ffi::OsStr;
+use std::process::{Child, Command};
 use std::time::Duration;
 use support::*;
 
@@ -27,17 +28,12 @@ impl Sentinel {
             .prefix("peagen-sentinel")
             .tempdir_in(scratch())
             .unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         // The sentinel rewrites its config file, so it lives in a writable dir.
         let conf = dir.path().join("sentinel.conf");
         std::fs::write(
             &conf,
             format!(
-                "port {port}\nbind 127.0.0.1\ndir {d}\n\
+                "bind 127.0.0.1\ndir {d}\n\
                  sentinel monitor {MASTER} 127.0.0.1 {master_port} 1\n\
                  sentinel down-after-milliseconds {MASTER} 1000\n\
                  sentinel failover-timeout {MASTER} 3000\n",
@@ -45,22 +41,18 @@ impl Sentinel {
             ),
         )
         .unwrap();
-        let child = Command::new("redis-server")
-            .arg(&conf)
-            .arg("--sentinel")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed");
-        let s = Sentinel {
+        // On a free port, retried if another process takes it first.
+        let (child, port) = start_server(
+            &[conf.as_os_str(), OsStr::new("--sentinel")],
+            None,
+            &dir.path().join("sentinel.log"),
+        )
+        .unwrap_or_else(|why| panic!("sentinel: {why}"));
+        Sentinel {
             port,
             child,
             _dir: dir,
-        };
-        eventually(LONG, "sentinel answers", || {
-            s.cli(&["PING"]).trim() == "PONG"
-        });
-        s
+        }
     }
 
     fn url(&self) -> String {

@@ -1,20 +1,20 @@
 //! peagen-spawnerd against a real systemd 252 (booted in a private namespace
 //! by tests/box/box.sh), real D-Bus, real Redis and the real peagen-worker.
-//! Each test boots its own box (under a second) and skips only when not root.
+//! Each test boots its own box (under a second); booting needs root, so they
+//! are `#[ignore = "needs root"]` and scripts/test.sh runs them.
 
-mod common;
+mod support;
 
-use common::{eventually, skip_unless_root, TestBox};
 use std::collections::HashSet;
 use std::time::Duration;
+use support::eventually;
+use support::systemd_box::{TestBox, CONFIG_IN_BOX};
 
 const LONG: Duration = Duration::from_secs(90);
 
 #[test]
+#[ignore = "needs root"]
 fn burst_scales_up_to_policy_drains_and_idles_down_to_warm_pool() {
-    if skip_unless_root("burst") {
-        return;
-    }
     let b = TestBox::start("burst");
     // 20 tasks, 2 per worker, warm 1: desired min(6, 10 + 1) = 6.
     b.write_config(
@@ -22,13 +22,13 @@ fn burst_scales_up_to_policy_drains_and_idles_down_to_warm_pool() {
         "",
     );
     b.start_spawnerd();
-    eventually("warm pool of 1", LONG, || {
+    eventually(LONG, "warm pool of 1", || {
         (b.live_workers() == 1).then_some(())
     });
     let ids = b.push("sleep", 20);
     assert_eq!(ids.len(), 20);
     let mut peak = 0;
-    eventually("queue drained (20 results)", LONG, || {
+    eventually(LONG, "queue drained (20 results)", || {
         peak = peak.max(b.live_workers());
         let s = b.stats();
         (s["results"] == 20 && s["length"] == 0).then_some(())
@@ -40,7 +40,7 @@ fn burst_scales_up_to_policy_drains_and_idles_down_to_warm_pool() {
     }
     assert_eq!(b.stats()["dead_letters"], 0);
     // Idle workers go after the idle timeout, down to the warm pool.
-    eventually("back to the warm pool", LONG, || {
+    eventually(LONG, "back to the warm pool", || {
         (b.live_workers() == 1).then_some(())
     });
     let m = b.metrics();
@@ -53,19 +53,17 @@ fn burst_scales_up_to_policy_drains_and_idles_down_to_warm_pool() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn killed_busy_worker_gets_its_task_requeued_and_finished_elsewhere() {
-    if skip_unless_root("kill") {
-        return;
-    }
     let b = TestBox::start("kill");
     b.write_config("max = 4\nwarm-pool = 1\nidle-timeout-secs = 600", "");
     b.start_spawnerd();
-    eventually("a warm worker", LONG, || {
+    eventually(LONG, "a warm worker", || {
         (b.live_workers() == 1).then_some(())
     });
     let id = b.push("slow", 1).remove(0);
     // The worker that holds it.
-    let victim: String = eventually("the task in flight", LONG, || {
+    let victim: String = eventually(LONG, "the task in flight", || {
         let s = b.stats();
         s["consumers"]
             .as_array()?
@@ -75,7 +73,7 @@ fn killed_busy_worker_gets_its_task_requeued_and_finished_elsewhere() {
     });
     let unit = format!("peagen-worker@{victim}.service");
     b.sh(&format!("systemctl kill -s KILL {unit}"));
-    let r = eventually("the task finished by another worker", LONG, || {
+    let r = eventually(LONG, "the task finished by another worker", || {
         b.result(&id)
     });
     assert_eq!(r["status"], "ok", "{r}");
@@ -87,7 +85,7 @@ fn killed_busy_worker_gets_its_task_requeued_and_finished_elsewhere() {
             >= 1.0
     );
     // The failed unit was read and reset, not left to pile up.
-    eventually("failed unit reset", LONG, || {
+    eventually(LONG, "failed unit reset", || {
         (!b.worker_units().iter().any(|(u, _)| *u == unit)).then_some(())
     });
     let j = b.journal("-u peagen-spawnerd");
@@ -95,21 +93,19 @@ fn killed_busy_worker_gets_its_task_requeued_and_finished_elsewhere() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn restarting_spawnerd_neither_duplicates_nor_orphans_workers() {
-    if skip_unless_root("restart") {
-        return;
-    }
     let b = TestBox::start("restart");
     b.write_config(
         "max = 5\nwarm-pool = 2\nidle-timeout-secs = 2\nscale-down-window-secs = 2",
         "",
     );
     b.start_spawnerd();
-    eventually("warm pool of 2", LONG, || {
+    eventually(LONG, "warm pool of 2", || {
         (b.live_workers() == 2).then_some(())
     });
     let ids = b.push("sleep", 12);
-    eventually("scaled up", LONG, || (b.live_workers() == 5).then_some(()));
+    eventually(LONG, "scaled up", || (b.live_workers() == 5).then_some(()));
     let before: HashSet<String> = b.worker_units().into_iter().map(|(u, _)| u).collect();
     b.sh("systemctl restart peagen-spawnerd");
     // The same units are still there (workers outlive the spawner) and no
@@ -120,7 +116,7 @@ fn restarting_spawnerd_neither_duplicates_nor_orphans_workers() {
         "{before:?} vs {after:?}"
     );
     let mut peak = 0;
-    eventually("queue drained", LONG, || {
+    eventually(LONG, "queue drained", || {
         peak = peak.max(b.live_workers());
         let s = b.stats();
         (s["results"] == 12 && s["length"] == 0).then_some(())
@@ -133,7 +129,7 @@ fn restarting_spawnerd_neither_duplicates_nor_orphans_workers() {
             panic!("task ran twice: {r}\n{j}");
         }
     }
-    eventually("back to exactly the warm pool", LONG, || {
+    eventually(LONG, "back to exactly the warm pool", || {
         (b.live_workers() == 2).then_some(())
     });
     // No orphans: every consumer left is a live worker unit.
@@ -143,7 +139,7 @@ fn restarting_spawnerd_neither_duplicates_nor_orphans_workers() {
         .filter(|(_, s)| s == "active")
         .map(|(u, _)| u)
         .collect();
-    eventually("no consumers without a unit", LONG, || {
+    eventually(LONG, "no consumers without a unit", || {
         let s = b.stats();
         s["consumers"]
             .as_array()?
@@ -158,10 +154,8 @@ fn restarting_spawnerd_neither_duplicates_nor_orphans_workers() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn worker_failing_at_start_opens_the_breaker_instead_of_a_storm() {
-    if skip_unless_root("breaker") {
-        return;
-    }
     let b = TestBox::start("breaker");
     // A worker that exits at once, before READY=1.
     b.write_config(
@@ -173,37 +167,43 @@ fn worker_failing_at_start_opens_the_breaker_instead_of_a_storm() {
         "exec-start = [\"/bin/false\", \"/usr/local/bin/peagen-worker\"",
     );
     std::fs::write(&b.config_path, &cfg).unwrap();
-    b.write(common::CONFIG_IN_BOX, &cfg);
+    b.write(CONFIG_IN_BOX, &cfg);
     b.start_spawnerd();
     b.push("echo", 20);
-    eventually("breaker open", LONG, || {
+    eventually(LONG, "breaker open", || {
         (b.metric("peagen_spawner_breaker_open") == Some(1.0)).then_some(())
     });
-    let status = b.sh("systemctl show -p StatusText --value peagen-spawnerd");
+    let status = b.status();
     assert!(status.contains("BREAKER OPEN"), "{status}");
     let spawns = b.metric("peagen_spawns_total").unwrap();
     // 3 failures open it; starts already in flight in that tick may add a few,
     // bounded by one tick's rate limit (8) — but never a storm.
     assert!((3.0..=8.0).contains(&spawns), "spawns {spawns}");
-    std::thread::sleep(Duration::from_secs(4));
+    // No starts while open: more work arrives, and a tick that saw it (the
+    // status line is written at the end of a tick, after its starts) has
+    // started nothing.
+    b.push("echo", 5);
+    let status = eventually(LONG, "a tick that saw the 5 new tasks", || {
+        let s = b.status();
+        s.contains("backlog 25").then_some(s)
+    });
+    assert!(status.contains("BREAKER OPEN"), "{status}");
     assert_eq!(
         b.metric("peagen_spawns_total").unwrap(),
         spawns,
-        "no starts while open"
+        "no starts while open: {status}"
     );
     let j = b.journal("-u peagen-spawnerd");
     assert!(j.contains("spawn circuit breaker open"), "{j}");
     // No failed units piling up.
-    eventually("failed units reset", LONG, || {
+    eventually(LONG, "failed units reset", || {
         b.worker_units().is_empty().then_some(())
     });
 }
 
 #[test]
+#[ignore = "needs root"]
 fn dropin_applies_to_transient_workers_and_journal_has_worker_id_field() {
-    if skip_unless_root("dropin") {
-        return;
-    }
     let b = TestBox::start("dropin");
     b.write(
         "/etc/systemd/system/peagen-worker@.service.d/50-test.conf",
@@ -212,7 +212,7 @@ fn dropin_applies_to_transient_workers_and_journal_has_worker_id_field() {
     b.sh("systemctl daemon-reload");
     b.write_config("max = 2\nwarm-pool = 1", "");
     b.start_spawnerd();
-    let unit = eventually("a running worker", LONG, || {
+    let unit = eventually(LONG, "a running worker", || {
         b.worker_units()
             .into_iter()
             .find(|(_, s)| s == "active")
@@ -235,8 +235,8 @@ fn dropin_applies_to_transient_workers_and_journal_has_worker_id_field() {
     let nice = b.sh(&format!("ps -o ni= -p {}", pid.trim()));
     assert_eq!(nice.trim(), "5");
     let task = b.push("echo", 1).remove(0);
-    eventually("echo result", LONG, || b.result(&task));
-    let j = eventually("worker log by PEAGEN_WORKER_ID", LONG, || {
+    eventually(LONG, "echo result", || b.result(&task));
+    let j = eventually(LONG, "worker log by PEAGEN_WORKER_ID", || {
         let j = b.journal(&format!("PEAGEN_WORKER_ID={id}"));
         (!j.trim().is_empty()).then_some(j)
     });
@@ -250,10 +250,8 @@ fn dropin_applies_to_transient_workers_and_journal_has_worker_id_field() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn template_unit_on_disk_blocks_transient_workers() {
-    if skip_unless_root("template") {
-        return;
-    }
     // Documents why the spawner ships no peagen-worker@.service fragment.
     let b = TestBox::start("template");
     b.write(
@@ -268,15 +266,13 @@ fn template_unit_on_disk_blocks_transient_workers() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn spawnerd_promotes_a_due_retry_when_no_worker_runs() {
-    if skip_unless_root("delayed") {
-        return;
-    }
     let b = TestBox::start("delayed");
     b.write_config("warm-pool = 0\nidle-timeout-secs = 600", "");
     b.start_spawnerd();
     // A retry a worker that has since gone wrote to the delayed set (retry
-    // script format), due in 3 s.
+    // script format), due in 6 s.
     let port = b.redis_port.to_string();
     let cli = |args: &[&str]| {
         let o = std::process::Command::new("redis-cli")
@@ -298,19 +294,32 @@ fn spawnerd_promotes_a_due_retry_when_no_worker_runs() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis()
-        + 3000;
+        + 6000;
     let member = r#"1-0 {"kind":"echo","id":"delayed-1","payload":{"v":1},"attempts":1}"#;
     cli(&["ZADD", "peagen.tasks.delayed", &due.to_string(), member]);
     assert_eq!(b.stats()["delayed"], 1);
-    // Not backlog while it waits: no worker is started for it.
-    std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(b.live_workers(), 0, "scaled up for a retry not yet due");
-    let r = eventually("the retry promoted and run", LONG, || b.result("delayed-1"));
+    // Not backlog while it waits: a tick that saw it in the delayed set (the
+    // status line is written at the end of a tick, after its starts) wants
+    // no worker and started none. (Due in 6 s: time for that tick to come.)
+    let status = eventually(LONG, "a tick that saw the delayed retry", || {
+        let s = b.status();
+        s.ends_with("delayed 1").then_some(s)
+    });
+    assert!(
+        status.contains("desired 0"),
+        "scaled up for a retry not yet due: {status}"
+    );
+    assert_eq!(
+        b.live_workers(),
+        0,
+        "started a worker for a retry not yet due"
+    );
+    let r = eventually(LONG, "the retry promoted and run", || b.result("delayed-1"));
     assert_eq!(r["status"], "ok", "{r}");
     assert_eq!(r["attempts"], 2, "{r}");
     let s = b.stats();
     assert_eq!((&s["delayed"], &s["length"]), (&0.into(), &0.into()), "{s}");
-    eventually("peagen_queue_delayed back to 0", LONG, || {
+    eventually(LONG, "peagen_queue_delayed back to 0", || {
         (b.metric("peagen_queue_delayed") == Some(0.0)).then_some(())
     });
 }

@@ -11,7 +11,8 @@
 #
 #   tests/package/box-install.sh [PKG]   (.deb, default newest dist/peagen-fabric_*.deb,
 #                                          or .rpm: `rpm -i --nodeps`, the box is Debian)
-# Env: BOX_DIR (default /var/tmp/peagen-pkg-box; never under /tmp), KEEP_BOX=1.
+# Env: KEEP_BOX=1 (leave the box's directory, a fresh `mktemp -d` under
+# /var/tmp, for inspection).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 top=$PWD
@@ -19,7 +20,6 @@ top=$PWD
 DEB=${1:-$(ls -t dist/peagen-fabric_*.deb 2>/dev/null | head -n1)}
 [ -n "$DEB" ] && [ -f "$DEB" ] || { echo "box-install: no package (run make deb)" >&2; exit 1; }
 case "$DEB" in *.rpm) kind=rpm ;; *.deb) kind=deb ;; *) echo "box-install: $DEB: not .deb/.rpm" >&2; exit 1 ;; esac
-B=${BOX_DIR:-/var/tmp/peagen-pkg-box}
 BOX=tests/box/box.sh
 N=${TASKS:-6}
 fail=0
@@ -27,18 +27,25 @@ step() { printf '\n== %s\n' "$*"; }
 ok() { echo "box-install: ok: $*"; }
 err() { echo "box-install: FAIL: $*" >&2; fail=1; }
 in_box() { (cd / && "$top/$BOX" exec "$B" "$@"); }
+# A fresh scratch directory per run (never under /tmp: the box gets its own).
+B=$(mktemp -d /var/tmp/peagen-pkg-box.XXXXXX)
+# box.sh waits for every process it started before removing anything; what it
+# cannot clean up is a warning on stderr, not a failure of a green run.
 cleanup() {
     cd "$top"
-    if [ "${KEEP_BOX:-}" = 1 ]; then echo "box kept in $B"; return; fi
-    "$BOX" stop "$B" >/dev/null 2>&1 || true
-    rm -rf "$B"
+    if [ "${KEEP_BOX:-}" = 1 ]; then
+        "$BOX" stop "$B" || true
+        echo "box kept in $B"
+        return
+    fi
+    "$BOX" rm "$B" || echo "box-install: warning: cleaning up $B failed (see above)" >&2
 }
 trap cleanup EXIT
 
 step "boot a systemd box in $B"
-out=$("$BOX" start "$B")
-echo "$out"
+"$BOX" start "$B" >/dev/null
 port=$(cat "$B/redis.port")
+echo "box up: systemd pid $(cat "$B/pid"), redis on port $port"
 url="redis://127.0.0.1:$port"
 
 step "install $(basename "$DEB")"
@@ -215,10 +222,14 @@ if [ $kind = deb ]; then
 else
     in_box rpm -e --nodeps peagen-fabric
 fi
-sleep 1
 # Services and scopes only: the implicit parent peagen.slice of
 # peagen-workers.slice stays "active" while empty, as any slice does.
-left=$(in_box systemctl list-units --all --no-legend --plain 'peagen*' --type=service,scope --state=active,activating,deactivating,reloading 2>/dev/null || true)
+# (The prerm's stops are synchronous; the wait only bounds a straggler.)
+for _ in $(seq 60); do
+    left=$(in_box systemctl list-units --all --no-legend --plain 'peagen*' --type=service,scope --state=active,activating,deactivating,reloading 2>/dev/null || true)
+    [ -z "$left" ] && break
+    sleep 0.5
+done
 [ -z "$left" ] && ok "no peagen service left running after remove" || err "left running after remove: $left"
 st=$(in_box systemctl is-active peagen-workers.slice 2>&1 || true)
 [ "$st" != active ] && ok "peagen-workers.slice $st" || err "peagen-workers.slice still active"

@@ -1,7 +1,11 @@
-//! Test support: a real `redis-server` on a private port, and the real
-//! binaries driven through their CLI.
+//! Test support, one module for every integration test: real `redis-server`s
+//! on private ports, the real binaries driven through their CLI, a real
+//! systemd in a box ([`systemd_box`]), and [`eventually`].
 #![allow(dead_code)]
 
+pub mod systemd_box;
+
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -15,9 +19,74 @@ pub struct Redis {
     extra: Vec<String>,
 }
 
-fn free_port() -> u16 {
+/// A port that was free a moment ago. Another process may take it before
+/// ours binds it: servers started on it go through [`start_server`], which
+/// notices and tries another one.
+pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
+}
+
+/// Start `redis-server ARGS... --port P` on a free port P and wait until it
+/// answers. The server is ours when its `INFO server` names our child's pid
+/// (not whichever server answers on P); when it exits instead (P was taken
+/// between [`free_port`] and its bind), try again on another port.
+/// `fixed_port`: that port only (a restart of a server that had it).
+/// `log`: redis-server's log file, quoted when it does not come up.
+pub fn start_server(
+    args: &[&OsStr],
+    fixed_port: Option<u16>,
+    log: &Path,
+) -> Result<(Child, u16), String> {
+    let attempts = if fixed_port.is_some() { 1 } else { 5 };
+    let mut why = String::new();
+    for _ in 0..attempts {
+        let port = fixed_port.unwrap_or_else(free_port);
+        let mut child = Command::new("redis-server")
+            .args(args)
+            .arg("--port")
+            .arg(port.to_string())
+            .arg("--logfile")
+            .arg(log)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/install-deps.sh)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                let tail = std::fs::read_to_string(log).unwrap_or_default();
+                let tail: Vec<&str> = tail.lines().rev().take(3).collect();
+                why = format!("redis-server on port {port} exited ({st}): {tail:?}");
+                break;
+            }
+            if server_pid(port) == Some(child.id()) {
+                return Ok((child, port));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                why = format!("redis-server on port {port} did not answer within 10 s");
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Err(why)
+}
+
+/// `process_id` from `INFO server` of whatever answers on `port`.
+fn server_pid(port: u16) -> Option<u32> {
+    let out = Command::new("redis-cli")
+        .arg("-p")
+        .arg(port.to_string())
+        .args(["INFO", "server"])
+        .output()
+        .expect("redis-cli must be installed (scripts/install-deps.sh)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 impl Redis {
@@ -37,46 +106,41 @@ impl Redis {
             .tempdir_in(scratch())
             .unwrap();
         let mut r = Redis {
-            port: free_port(),
+            port: 0,
             dir,
             child: None,
             aof,
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
-        r.spawn();
+        r.spawn(false);
         r
     }
 
-    fn spawn(&mut self) {
-        let mut cmd = Command::new("redis-server");
-        cmd.arg("--port")
-            .arg(self.port.to_string())
-            .arg("--bind")
-            .arg("127.0.0.1")
-            .arg("--dir")
-            .arg(self.dir.path())
-            .arg("--save")
-            .arg("")
-            .args(&self.extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+    /// Start the server; on its current port when `restart` (clients keep
+    /// their URL), else on a free one.
+    fn spawn(&mut self, restart: bool) {
+        let mut args: Vec<&OsStr> = vec![
+            OsStr::new("--bind"),
+            OsStr::new("127.0.0.1"),
+            OsStr::new("--dir"),
+            self.dir.path().as_os_str(),
+            OsStr::new("--save"),
+            OsStr::new(""),
+        ];
+        args.extend(self.extra.iter().map(OsStr::new));
         if self.aof {
-            cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
+            args.extend(["--appendonly", "yes", "--appendfsync", "always"].map(OsStr::new));
         } else {
-            cmd.args(["--appendonly", "no"]);
+            args.extend(["--appendonly", "no"].map(OsStr::new));
         }
-        let child = cmd
-            .spawn()
-            .expect("redis-server must be installed (apt-get install redis-server)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if self.cli(&["PING"]).trim() == "PONG" {
-                return;
+        let log = self.dir.path().join("redis.log");
+        match start_server(&args, restart.then_some(self.port), &log) {
+            Ok((child, port)) => {
+                self.child = Some(child);
+                self.port = port;
             }
-            std::thread::sleep(Duration::from_millis(20));
+            Err(why) => panic!("{why}"),
         }
-        panic!("redis-server did not come up on port {}", self.port);
     }
 
     pub fn url(&self) -> String {
@@ -87,7 +151,7 @@ impl Redis {
     pub fn crash_and_restart(&mut self, down_for: Duration) {
         self.kill();
         std::thread::sleep(down_for);
-        self.spawn();
+        self.spawn(true);
     }
 
     pub fn kill(&mut self) {
@@ -155,6 +219,7 @@ pub fn scratch() -> PathBuf {
 pub fn bin(name: &str) -> PathBuf {
     match name {
         "peagen-worker" => PathBuf::from(env!("CARGO_BIN_EXE_peagen-worker")),
+        "peagen-spawnerd" => PathBuf::from(env!("CARGO_BIN_EXE_peagen-spawnerd")),
         "peagenctl" => PathBuf::from(env!("CARGO_BIN_EXE_peagenctl")),
         _ => panic!("unknown binary {name}"),
     }
@@ -265,14 +330,41 @@ impl Drop for WorkerProc {
     }
 }
 
-/// Poll `f` until it is true; panic with `what` after `within`.
-pub fn eventually(within: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
+/// What [`eventually`] polls for: `true`, or `Some(value)`.
+pub trait Ready {
+    type Output;
+    fn ready(self) -> Option<Self::Output>;
+}
+
+impl Ready for bool {
+    type Output = ();
+    fn ready(self) -> Option<()> {
+        self.then_some(())
     }
-    panic!("timed out waiting for: {what}");
+}
+
+impl<T> Ready for Option<T> {
+    type Output = T;
+    fn ready(self) -> Option<T> {
+        self
+    }
+}
+
+/// Poll `f` until it is ready (`true` or `Some(v)`, then returns `()` or
+/// `v`); panic naming `what` after `within`, a generous bound on a hang and
+/// not a timing assertion. Polls often at first, then every 200 ms (box
+/// tests poll through `systemctl`, which costs CPU).
+pub fn eventually<R: Ready>(within: Duration, what: &str, mut f: impl FnMut() -> R) -> R::Output {
+    let deadline = Instant::now() + within;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        if let Some(v) = f().ready() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {within:?} waiting for: {what}");
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
 }

@@ -1,30 +1,19 @@
-//! Test support: a real systemd (PID 1 of a private PID+mount namespace over
-//! an overlay of the host root, see tests/box/box.sh) and a private
-//! redis-server on host loopback, with the project's real binaries installed.
-//! Each [`TestBox`] is independent (own overlay, cgroup subtree, Redis port),
-//! so tests in one binary may run in parallel. Tests skip only when not root.
-#![allow(dead_code)]
+//! A real systemd (PID 1 of a private PID+mount namespace over an overlay of
+//! the host root, see tests/box/box.sh) and a private redis-server on host
+//! loopback, with the project's real binaries installed. Each [`TestBox`] is
+//! independent (own scratch directory, overlay, cgroup subtree, Redis port),
+//! so tests in one binary may run in parallel. Booting one needs root: tests
+//! using it are `#[ignore = "needs root"]` (scripts/test.sh runs them).
 
+use super::{bin, free_port};
 use serde_json::Value;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub const BOX_SH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/box/box.sh");
 pub const CONFIG_IN_BOX: &str = "/etc/peagen/peagen.toml";
-
-pub fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-/// `None` (after printing why) when the box cannot be used: not root.
-pub fn skip_unless_root(test: &str) -> bool {
-    if is_root() {
-        return false;
-    }
-    eprintln!("SKIP {test}: needs root to boot systemd in a private namespace (CI runs as root)");
-    true
-}
 
 pub struct TestBox {
     pub dir: PathBuf,
@@ -35,32 +24,30 @@ pub struct TestBox {
     pub metrics_port: u16,
 }
 
+/// Where box directories go: never under /tmp (the box gets a private /tmp).
 fn scratch_root() -> PathBuf {
-    // Never under /tmp: the box gets a private /tmp.
-    let base = option_env!("CARGO_TARGET_TMPDIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp"));
-    base.join("peagen-boxes")
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    let t = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    if t.starts_with("/tmp") {
+        PathBuf::from("/var/tmp")
+    } else {
+        t
+    }
 }
 
 impl TestBox {
     /// Boot a box named `name` and install the binaries built for this test run.
     pub fn start(name: &str) -> TestBox {
-        let dir = scratch_root().join(format!("{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let _ = Command::new(BOX_SH).args(["stop"]).arg(&dir).output();
+        let root = scratch_root();
+        std::fs::create_dir_all(&root).unwrap();
+        // A fresh directory per box (box.sh rm removes it, see Drop).
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("peagen-box-{name}-"))
+            .tempdir_in(&root)
+            .unwrap()
+            .keep();
         let out = Command::new(BOX_SH)
             .arg("start")
             .arg(&dir)
-            .env("BOX_REDIS_PORT", free_port().to_string())
             .output()
             .expect("running tests/box/box.sh");
         assert!(
@@ -69,21 +56,21 @@ impl TestBox {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let field = |k: &str| -> String {
-            text.split_whitespace()
-                .find_map(|w| w.strip_prefix(&format!("{k}=")).map(str::to_string))
-                .unwrap_or_else(|| panic!("box start printed no {k}: {text}"))
+        let read = |f: &str| -> String {
+            std::fs::read_to_string(dir.join(f))
+                .unwrap_or_else(|e| panic!("box start left no {f}: {e}"))
+                .trim()
+                .to_string()
         };
         let b = TestBox {
-            pid: field("pid").parse().unwrap(),
-            redis_port: field("redis_port").parse().unwrap(),
+            pid: read("pid").parse().unwrap(),
+            redis_port: read("redis.port").parse().unwrap(),
             config_path: dir.join("peagen.toml"),
             metrics_port: free_port(),
             dir,
         };
         for bin in ["peagen-worker", "peagen-spawnerd", "peagenctl"] {
-            b.install(Path::new(&bin_path(bin)), &format!("/usr/local/bin/{bin}"));
+            b.install(&super::bin(bin), &format!("/usr/local/bin/{bin}"));
         }
         b
     }
@@ -174,6 +161,14 @@ args = ["-c", "sleep 15; cat"]
         ));
     }
 
+    /// peagen-spawnerd's `STATUS=` line, which it writes at the end of every
+    /// tick: seeing a new one proves a tick ran (and made its starts).
+    pub fn status(&self) -> String {
+        self.sh("systemctl show -p StatusText --value peagen-spawnerd")
+            .trim()
+            .to_string()
+    }
+
     /// Worker units with their ActiveState.
     pub fn worker_units(&self) -> Vec<(String, String)> {
         let out = self.sh(
@@ -203,7 +198,7 @@ args = ["-c", "sleep 15; cat"]
     }
 
     pub fn ctl(&self, args: &[&str]) -> Output {
-        Command::new(bin_path("peagenctl"))
+        Command::new(bin("peagenctl"))
             .arg("--config")
             .arg(&self.config_path)
             .args(args)
@@ -281,34 +276,25 @@ impl Drop for TestBox {
                 String::from_utf8_lossy(&j.stdout)
             );
         }
-        let stopped = Command::new(BOX_SH).arg("stop").arg(&self.dir).output();
-        // Keep the overlay of a failed test for inspection.
-        if !std::thread::panicking() && stopped.is_ok_and(|o| o.status.success()) {
-            let _ = std::fs::remove_dir_all(&self.dir);
+        // A failed test keeps its overlay for inspection; a passed one
+        // removes everything. box.sh waits for every process it started
+        // before removing; what it cannot clean up is a warning (written
+        // past the test harness's capture so it shows), not a failure.
+        let keep = std::thread::panicking();
+        let cmd = if keep { "stop" } else { "rm" };
+        let warn = match Command::new(BOX_SH).arg(cmd).arg(&self.dir).output() {
+            Ok(o) if o.status.success() => {
+                keep.then(|| format!("box kept for inspection: {}", self.dir.display()))
+            }
+            Ok(o) => Some(format!(
+                "warning: tests/box/box.sh {cmd} {}: {}",
+                self.dir.display(),
+                String::from_utf8_lossy(&o.stderr).trim()
+            )),
+            Err(e) => Some(format!("warning: cannot run tests/box/box.sh {cmd}: {e}")),
+        };
+        if let Some(w) = warn {
+            let _ = writeln!(std::io::stderr(), "{w}");
         }
-    }
-}
-
-pub fn bin_path(name: &str) -> String {
-    match name {
-        "peagen-worker" => env!("CARGO_BIN_EXE_peagen-worker").into(),
-        "peagen-spawnerd" => env!("CARGO_BIN_EXE_peagen-spawnerd").into(),
-        "peagenctl" => env!("CARGO_BIN_EXE_peagenctl").into(),
-        _ => panic!("unknown binary {name}"),
-    }
-}
-
-/// Poll `f` every 200 ms until it returns `Some`, or panic after `deadline`
-/// (a generous bound for "eventually", not a timing assertion).
-pub fn eventually<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let t0 = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if t0.elapsed() > deadline {
-            panic!("timed out after {deadline:?} waiting for: {what}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
     }
 }
