@@ -325,6 +325,9 @@ pub struct SpawnerConfig {
     /// A host whose spawner has not heart-beaten for this long leaves the
     /// fleet; its workers' tasks are re-queued.
     pub fleet_host_timeout_ms: u64,
+    /// This host's id in the fleet record and in its worker ids (empty =
+    /// the hostname). Must be unique among the hosts sharing the queue.
+    pub host_id: String,
     pub worker_unit: WorkerUnitConfig,
 }
 
@@ -347,6 +350,7 @@ impl Default for SpawnerConfig {
             backoff_max_secs: 300,
             scale_scope: crate::fleet::ScaleScope::Fleet,
             fleet_host_timeout_ms: 10_000,
+            host_id: String::new(),
             worker_unit: WorkerUnitConfig::default(),
         }
     }
@@ -627,6 +631,9 @@ impl Config {
                 "spawner.fleet-host-timeout-ms ({}) must be at least 3 x spawner.tick-ms ({}), or live hosts look dead",
                 s.fleet_host_timeout_ms, s.tick_ms
             ));
+        }
+        if let Err(e) = crate::fleet::check_host_id(&s.host_id) {
+            errs.push(format!("spawner.host-id: {e}"));
         }
         if s.max_starts_per_tick == 0 {
             errs.push("spawner.max-starts-per-tick must be at least 1".into());

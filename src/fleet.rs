@@ -163,6 +163,30 @@ pub fn target(
     }
 }
 
+/// The configured host id, or the hostname when none is configured.
+pub fn host_id(configured: &str) -> String {
+    if configured.is_empty() {
+        crate::telemetry::hostname()
+    } else {
+        configured.to_string()
+    }
+}
+
+/// A configured host id goes into unit names and Redis consumer names:
+/// letters, digits, `.`, `_` and `-` only (empty = the hostname).
+pub fn check_host_id(id: &str) -> Result<(), String> {
+    match id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        Some(c) => Err(format!(
+            "{id:?} contains {c:?}; use letters, digits, '.', '_' and '-' only"
+        )),
+        None if id.len() > 64 => Err(format!("{id:?} is longer than 64 characters")),
+        None => Ok(()),
+    }
+}
+
 /// Length of a hyphenated UUID.
 const UUID_LEN: usize = 36;
 /// Prefix of the consumer the orphan sweep claims with (`peagen-spawnerd-<host>`).
@@ -374,6 +398,17 @@ mod tests {
         let others = vec![("a".to_string(), 1000)];
         let (s, d) = target(ScaleScope::Fleet, "0", &c, &work(4000), &others);
         assert!(s <= 16 && d == 1016, "{s} {d}");
+    }
+
+    #[test]
+    fn host_ids_fit_unit_and_consumer_names() {
+        assert!(check_host_id("").is_ok());
+        assert!(check_host_id("box-1.example_x").is_ok());
+        assert!(check_host_id("box 1").is_err());
+        assert!(check_host_id("a/b").is_err());
+        assert!(check_host_id(&"x".repeat(65)).is_err());
+        assert_eq!(host_id("given"), "given");
+        assert_eq!(host_id(""), crate::telemetry::hostname());
     }
 
     #[test]

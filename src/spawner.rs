@@ -40,6 +40,8 @@ struct Spawner {
     queue: Arc<Queue>,
     m: SpawnerMetrics,
     host: String,
+    /// This host in the fleet and in its worker ids (`spawner.host-id`).
+    host_id: String,
     /// Heartbeat, fleet share and dead-host hand-over ([`crate::fleet_store`]).
     fleet: crate::fleet_store::FleetAgent,
     breaker: Breaker,
@@ -262,7 +264,7 @@ impl Spawner {
     }
 
     fn start_one(&mut self) {
-        let id = crate::fleet::worker_id(&self.host, &uuid::Uuid::new_v4());
+        let id = crate::fleet::worker_id(&self.host_id, &uuid::Uuid::new_v4());
         let unit = crate::systemd::unit_name(&id);
         tracing::info!(worker_id = %id, unit = %unit, "starting worker");
         self.m.spawns.inc();
@@ -740,8 +742,9 @@ pub async fn run(
         queue: Arc::new(queue),
         m,
         host: crate::telemetry::hostname(),
+        host_id: crate::fleet::host_id(&cfg.spawner.host_id),
         fleet: crate::fleet_store::FleetAgent::new(
-            &crate::telemetry::hostname(),
+            &crate::fleet::host_id(&cfg.spawner.host_id),
             &cfg.redis.tasks_stream,
             fleet_m,
         ),

@@ -5,11 +5,12 @@
 //! Redis outside the unit's IP allow list is named as the cause, and the
 //! shipped remote-Redis drop-in fixes it. Run under `flock /work/wt/box.lock`.
 
-mod common;
+mod support;
 
-use common::{eventually, skip_unless_root, TestBox, CONFIG_IN_BOX};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+use support::eventually;
+use support::systemd_box::{TestBox, CONFIG_IN_BOX};
 
 const LONG: Duration = Duration::from_secs(60);
 const UNIT: &str = "/etc/systemd/system/peagen-spawnerd.service";
@@ -50,10 +51,8 @@ fn set_redis_url(b: &TestBox, url: &str) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn reload_with_a_broken_config_fails_visibly_and_keeps_the_running_one() {
-    if skip_unless_root("reload") {
-        return;
-    }
     let b = TestBox::start("op-reload");
     b.write_config("max = 1\nwarm-pool = 0", "");
     install_shipped_unit(&b, &[]);
@@ -74,7 +73,7 @@ fn reload_with_a_broken_config_fails_visibly_and_keeps_the_running_one() {
     );
     b.write(CONFIG_IN_BOX, &good);
     b.sh("systemctl reload peagen-spawnerd");
-    eventually("reloaded", LONG, || {
+    eventually(LONG, "reloaded", || {
         b.journal("-u peagen-spawnerd")
             .contains("configuration reloaded")
             .then_some(())
@@ -82,20 +81,18 @@ fn reload_with_a_broken_config_fails_visibly_and_keeps_the_running_one() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn start_with_redis_unreachable_is_ready_and_says_why() {
-    if skip_unless_root("no-redis") {
-        return;
-    }
     let b = TestBox::start("op-noredis");
     b.write_config("max = 1\nwarm-pool = 0", "");
-    let closed = common::free_port();
+    let closed = support::free_port();
     set_redis_url(&b, &format!("redis://127.0.0.1:{closed}"));
     // Shorter than the shipped 90 s so a start that waits for Redis fails
     // this test in reasonable time.
     install_shipped_unit(&b, &[("TimeoutStartSec=90s", "TimeoutStartSec=30s")]);
     b.sh("systemctl start peagen-spawnerd");
     let addr = format!("127.0.0.1:{closed}");
-    let status = eventually("a status naming Redis", LONG, || {
+    let status = eventually(LONG, "a status naming Redis", || {
         let s = status_text(&b);
         s.contains("waiting for Redis").then_some(s)
     });
@@ -108,7 +105,7 @@ fn start_with_redis_unreachable_is_ready_and_says_why() {
     // A corrected [redis] section applies on reload, without a restart.
     set_redis_url(&b, &b.redis_url());
     b.sh("systemctl reload peagen-spawnerd");
-    eventually("connected and reconciling", LONG, || {
+    eventually(LONG, "connected and reconciling", || {
         status_text(&b).starts_with("workers ").then_some(())
     });
     assert_eq!(
@@ -125,7 +122,7 @@ struct OtherRedis(Child, u16);
 
 impl OtherRedis {
     fn start(dir: &std::path::Path) -> Self {
-        let port = common::free_port();
+        let port = support::free_port();
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.2"])
             .args(["--save", "", "--appendonly", "no"])
@@ -136,7 +133,7 @@ impl OtherRedis {
             .spawn()
             .expect("redis-server");
         let r = OtherRedis(child, port);
-        eventually("redis on 127.0.0.2", LONG, || {
+        eventually(LONG, "redis on 127.0.0.2", || {
             std::net::TcpStream::connect(("127.0.0.2", port))
                 .ok()
                 .map(|_| ())
@@ -153,10 +150,8 @@ impl Drop for OtherRedis {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn redis_outside_the_ip_allow_list_is_named_and_the_shipped_dropin_fixes_it() {
-    if skip_unless_root("ip-filter") {
-        return;
-    }
     let b = TestBox::start("op-ipfilter");
     let scratch = tempfile::tempdir().unwrap();
     let other = OtherRedis::start(scratch.path());
@@ -171,7 +166,7 @@ fn redis_outside_the_ip_allow_list_is_named_and_the_shipped_dropin_fixes_it() {
         ],
     );
     b.sh("systemctl start peagen-spawnerd");
-    let status = eventually("the IP filter named in the status", LONG, || {
+    let status = eventually(LONG, "the IP filter named in the status", || {
         let s = status_text(&b);
         s.contains("outside this unit's IP allow list").then_some(s)
     });
@@ -190,7 +185,7 @@ fn redis_outside_the_ip_allow_list_is_named_and_the_shipped_dropin_fixes_it() {
         &dropin,
     );
     b.sh("systemctl daemon-reload && systemctl restart peagen-spawnerd");
-    eventually("connected through the drop-in", LONG, || {
+    eventually(LONG, "connected through the drop-in", || {
         status_text(&b).starts_with("workers ").then_some(())
     });
 }
