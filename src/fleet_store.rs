@@ -227,6 +227,8 @@ pub struct FleetAgent {
     metrics: FleetMetrics,
     /// (share, desired) of the previous pass, published in the heartbeat.
     last: (u32, u32),
+    /// Set once this host's own orphans were looked for (first pass).
+    adopted: bool,
 }
 
 /// The outcome of one pass.
@@ -246,7 +248,39 @@ impl FleetAgent {
             keys: FleetKeys::new(tasks_stream),
             metrics,
             last: (0, 0),
+            adopted: false,
         }
+    }
+
+    /// First pass only: consumers named for this host that hold entries but
+    /// are not among its live or starting workers died while no spawner ran
+    /// here (a reboot, or the spawner was down when they died). Nobody else
+    /// hands them over: this host never stopped heart-beating for longer
+    /// than the timeout, or it did and is back. Re-queue them like a dead
+    /// worker's.
+    async fn adopt_own_orphans(
+        &self,
+        q: &Queue,
+        views: &[WorkerView],
+        max_attempts: u32,
+    ) -> Result<ReclaimReport, FleetError> {
+        let mut rep = ReclaimReport::default();
+        let why = "worker gone while its host's spawner was not running";
+        for c in q.consumers().await? {
+            if c.pending == 0
+                || fleet::owner_host(&c.name) != Some(self.host.as_str())
+                || views.iter().any(|v| v.id == c.name)
+            {
+                continue;
+            }
+            let r = q
+                .requeue_consumer(&c.name, max_attempts, why, &self.host)
+                .await?;
+            tracing::warn!(worker_id = %c.name, requeued = r.requeued, dead_lettered = r.dead_lettered, "re-queued the tasks of a worker of this host that is gone");
+            rep.add(&r);
+            q.delete_consumer_if_empty(&c.name).await?;
+        }
+        Ok(rep)
     }
 
     /// Heartbeat, compute this host's target, hand over dead hosts' tasks.
@@ -297,6 +331,17 @@ impl FleetAgent {
         self.metrics.hosts.set(n as i64);
         self.metrics.desired.set(desired as i64);
         let mut reclaimed = ReclaimReport::default();
+        if !self.adopted {
+            match self.adopt_own_orphans(q, views, max_attempts).await {
+                Ok(r) => {
+                    reclaimed.add(&r);
+                    self.adopted = true;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "looking for this host's orphaned workers failed; retrying next pass")
+                }
+            }
+        }
         for dead in beat.claimed.iter().filter(|d| **d != self.host) {
             tracing::warn!(host = %dead, "host stopped heart-beating; re-queueing its workers' tasks");
             match hand_over(q, &self.keys, dead, &self.host, max_attempts).await {

@@ -419,3 +419,57 @@ fn peagenctl_fleet_lists_hosts() {
         "{text}"
     );
 }
+
+/// A spawner (re)starting on a host re-queues what this host's workers held
+/// if their units are gone (the host rebooted within the timeout, or was
+/// alone): not its live workers', not other hosts'. Once.
+#[test]
+fn a_restarted_spawner_requeues_its_own_gone_workers_tasks() {
+    let r = Redis::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let q = connect(&r).await;
+        let gone = fleet::worker_id("h", &uuid::Uuid::new_v4());
+        let alive = fleet::worker_id("h", &uuid::Uuid::new_v4());
+        let other = fleet::worker_id("x", &uuid::Uuid::new_v4());
+        for i in 0..4 {
+            q.push(&Task::new("echo", serde_json::json!({ "i": i })))
+                .await
+                .unwrap();
+        }
+        assert_eq!(q.read(&gone, 2, false).await.unwrap().len(), 2);
+        assert_eq!(q.read(&alive, 1, false).await.unwrap().len(), 1);
+        assert_eq!(q.read(&other, 1, false).await.unwrap().len(), 1);
+        let mut h = SimHost::new("h", &spawner_cfg(16, 0));
+        h.views.push(WorkerView {
+            id: alive.clone(),
+            state: WorkerState::Busy,
+        });
+        let busy = Backlog {
+            lag: Some(0),
+            length: 4,
+            pending: 4,
+        };
+        let first = h.pass(&q, &busy, true).await;
+        assert_eq!(first.reclaimed.requeued, 2);
+        assert_eq!(h.pass(&q, &busy, true).await.reclaimed.requeued, 0);
+        let mut consumers: Vec<(String, u64)> = q
+            .consumers()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.name, c.pending))
+            .collect();
+        consumers.sort();
+        let mut expect = vec![(alive, 1), (other, 1)];
+        expect.sort();
+        assert_eq!(consumers, expect);
+        let mut attempts: Vec<u64> = r
+            .stream_data("peagen.tasks")
+            .iter()
+            .map(|v| v["attempts"].as_u64().unwrap_or(0))
+            .collect();
+        attempts.sort();
+        assert_eq!(attempts, vec![0, 0, 1, 1]);
+    });
+}
