@@ -232,3 +232,78 @@ fn three_boxes_share_one_fleet_and_a_dead_box_hands_over_its_tasks() {
         "{j}"
     );
 }
+
+/// Benchmark (prints a table): the burst (40 tasks of 2 s, max 16
+/// per host, 2 tasks per worker, warm pool 0) on 1, 2 and 3 boxes, fleet
+/// scope next to host scope (independent per-host sizing). Fleet peak
+/// workers (sampled every ~0.2 s, and the spawns counted by the spawners),
+/// drain time (push to the 40th result) and worker-seconds (sampled live
+/// workers integrated until the fleet is back to 0 workers). The only
+/// assertions: fleet scope never starts more than 20 (+1) workers, and host
+/// scope on 3 boxes starts more than fleet scope does.
+#[test]
+#[ignore = "needs root; benchmark"]
+fn bench_fleet_vs_host_scope_on_one_two_three_boxes() {
+    let a = TestBox::start("bench-a");
+    let b = TestBox::start("bench-b");
+    let c = TestBox::start("bench-c");
+    let redis = a.redis_url();
+    let all = [&a, &b, &c];
+    let mut rows = Vec::new();
+    for scope in ["fleet", "host"] {
+        for n in 1..=3usize {
+            let boxes = &all[..n];
+            // A clean slate: no spawner, no worker, no fleet record, no tasks.
+            for bx in all {
+                bx.sh("systemctl stop peagen-spawnerd 'peagen-worker@*' 2>/dev/null; systemctl reset-failed 2>/dev/null; true");
+            }
+            a.sh(&format!(
+                "redis-cli -p {} DEL peagen.tasks peagen.tasks.fleet peagen.tasks.fleet.seen peagen.tasks.fleet.since peagen.tasks.fleet.dead peagen.results peagen.results.index >/dev/null",
+                a.redis_port
+            ));
+            let cfg = format!("scale-scope = \"{scope}\"\nmax = 16\nwarm-pool = 0\ntasks-per-worker = 2\nidle-timeout-secs = 2\nscale-down-window-secs = 5");
+            for (i, bx) in boxes.iter().enumerate() {
+                configure(bx, &redis, &format!("bench-{i}"), &cfg);
+                bx.start_spawnerd();
+            }
+            eventually(LONG, "all spawners heart-beating", || {
+                let v = a.ctl_json(&["fleet", "--json"]);
+                v["hosts"].as_array().is_some_and(|h| h.len() == n)
+            });
+            let t0 = Instant::now();
+            let ids = a.push("sleep", 40);
+            assert_eq!(ids.len(), 40);
+            let (mut peak, mut worker_secs, mut drain) = (0usize, 0f64, None);
+            let mut last = Instant::now();
+            eventually(LONG, "drained and back to 0 workers", || {
+                let now_live: usize = live(boxes).iter().sum();
+                let now = Instant::now();
+                worker_secs += now_live as f64 * now.duration_since(last).as_secs_f64();
+                last = now;
+                peak = peak.max(now_live);
+                if drain.is_none() && a.stats()["results"] == 40 {
+                    drain = Some(t0.elapsed());
+                }
+                drain.is_some() && now_live == 0
+            });
+            let spawns: f64 = boxes
+                .iter()
+                .map(|bx| bx.metric("peagen_spawns_total").unwrap_or(0.0))
+                .sum();
+            rows.push((scope, n, peak, spawns, drain.unwrap(), worker_secs));
+        }
+    }
+    eprintln!("scope  hosts  peak  spawns  drain_s  worker_s");
+    for (scope, n, peak, spawns, drain, ws) in &rows {
+        eprintln!(
+            "{scope:<6} {n:>5} {peak:>5} {spawns:>7} {:>8.1} {ws:>9.1}",
+            drain.as_secs_f64()
+        );
+    }
+    for (scope, _, peak, spawns, _, _) in &rows {
+        if *scope == "fleet" {
+            assert!(*peak <= 21 && *spawns <= 21.0, "{rows:?}");
+        }
+    }
+    assert!(rows[5].3 > rows[2].3, "host scope on 3 boxes: {rows:?}");
+}
