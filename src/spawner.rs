@@ -396,7 +396,7 @@ impl Spawner {
     /// XAUTOCLAIM sweep for orphans of consumers that are not live units,
     /// then delete consumers that hold nothing and are not live units.
     async fn sweep(&mut self) {
-        let claimer = format!("peagen-spawnerd-{}", self.host);
+        let claimer = format!("{}{}", crate::fleet::CLAIMER_PREFIX, self.host_id);
         match self
             .queue
             .autoclaim_orphans(
