@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 /// What a worker unit is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UnitState {
+pub(crate) enum UnitState {
     /// Activating, a start job queued, or a start call still in flight.
     Starting,
     Idle,
@@ -24,7 +24,7 @@ pub enum UnitState {
 }
 
 impl UnitState {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             UnitState::Starting => "starting",
             UnitState::Idle => "idle",
@@ -34,16 +34,11 @@ impl UnitState {
             UnitState::Inactive => "inactive",
         }
     }
-
-    /// Still occupies a slot (see [`UnitInfo::is_live`]).
-    pub fn is_live(self) -> bool {
-        !matches!(self, UnitState::Failed | UnitState::Inactive)
-    }
 }
 
 /// Classify a unit from its systemd state, the entries its consumer holds and
 /// whether the spawner's own start call for it is still in flight.
-pub fn classify(u: &UnitInfo, pending: u64, start_in_flight: bool) -> UnitState {
+pub(crate) fn classify(u: &UnitInfo, pending: u64, start_in_flight: bool) -> UnitState {
     if !u.is_live() {
         return if u.active_state == "failed" {
             UnitState::Failed
@@ -63,7 +58,7 @@ pub fn classify(u: &UnitInfo, pending: u64, start_in_flight: bool) -> UnitState 
 
 /// One row of `peagenctl workers`: a worker unit and what it holds.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct WorkerRow {
+pub(crate) struct WorkerRow {
     pub worker_id: String,
     pub unit: String,
     /// systemd ActiveState/SubState.
@@ -76,7 +71,7 @@ pub struct WorkerRow {
 }
 
 /// Worker units with state and current task, for `peagenctl workers`.
-pub async fn list_workers(cfg: &Config) -> Result<Vec<WorkerRow>> {
+pub(crate) async fn list_workers(cfg: &Config) -> Result<Vec<WorkerRow>> {
     let sd = Systemd::connect(cfg.spawner.user_mode).await?;
     let units = sd.list_workers().await?;
     let q = Queue::connect(&cfg.redis).await?;
@@ -140,7 +135,12 @@ mod tests {
         ] {
             let got = classify(&unit(state, job), pending, in_flight);
             assert_eq!(got, want, "{state} + {job:?} pending {pending}");
-            assert_eq!(got.is_live(), unit(state, job).is_live(), "{state}");
+            // Live exactly when systemd's view says the unit holds a slot.
+            assert_eq!(
+                !matches!(got, Failed | Inactive),
+                unit(state, job).is_live(),
+                "{state}"
+            );
         }
     }
 }

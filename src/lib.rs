@@ -11,7 +11,7 @@ pub mod exit;
 pub mod fleet;
 pub mod fleet_store;
 pub mod handlers;
-pub mod inventory;
+pub(crate) mod inventory;
 pub mod metrics;
 pub mod policy;
 pub mod queue;

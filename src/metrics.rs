@@ -14,10 +14,10 @@ mod fleet;
 mod http;
 
 pub use fleet::{
-    fleet_deltas, fleet_series, parse_series, series_text, FleetCollector, FleetDeltas, FleetSink,
-    Num,
+    fleet_deltas, fleet_series, parse_series, series_text, DeltaStore, FleetCollector, FleetDeltas,
+    FleetSink, Num,
 };
-pub use http::{serve, serve_with, ServeLimits};
+pub(crate) use http::serve;
 
 pub type Labels = Vec<(String, String)>;
 pub type CounterVec = Family<Labels, Counter>;
@@ -152,7 +152,7 @@ impl WorkerMetrics {
 
 /// The spawner's metrics.
 #[derive(Clone)]
-pub struct SpawnerMetrics {
+pub(crate) struct SpawnerMetrics {
     pub workers: GaugeVec,
     pub desired: Gauge,
     pub spawns: Counter,

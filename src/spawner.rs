@@ -477,7 +477,7 @@ impl Spawner {
 /// What the program's entry point asks of the daemon (it owns the signals:
 /// SIGTERM/SIGINT mean [`Control::Stop`], SIGHUP [`Control::Reload`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Control {
+pub(crate) enum Control {
     Stop,
     Reload,
 }
@@ -620,10 +620,11 @@ async fn wait_for_redis(
                 .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
         {
             match &hint {
-                Some(h) => tracing::error!(redis = %redis, error = %error, "{h}"),
+                // Address and error in the message too: `journalctl` shows only the message.
+                Some(h) => tracing::error!(redis = %redis, error = %error, "{h} (error: {error})"),
                 None => {
                     tracing::warn!(redis = %redis, error = %error, retry_in_ms = backoff.as_millis() as u64,
-                    "cannot reach Redis; the spawner is running and starts workers once Redis answers")
+                    "cannot reach Redis at {redis}: {error}; the spawner is running and starts workers once Redis answers")
                 }
             }
             last_said = (error.clone(), Some(Instant::now()));
@@ -681,7 +682,7 @@ async fn wait_for_redis(
 /// address and the error, and the connection is retried in the background.
 /// A start job that hangs on a remote service helps nobody: `systemctl
 /// status` says what is wrong instead, and the unit does not restart-loop.
-pub async fn run(
+pub(crate) async fn run(
     cfg: Config,
     cfg_path: Option<PathBuf>,
     mut ctl: mpsc::UnboundedReceiver<Control>,

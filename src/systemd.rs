@@ -65,7 +65,7 @@ impl UnitInfo {
 
 /// An address prefix as systemd lists it in `IPAddressAllow=`/`IPAddressDeny=`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IpPrefix {
+pub(crate) struct IpPrefix {
     pub addr: std::net::IpAddr,
     pub len: u32,
 }
@@ -81,7 +81,7 @@ impl IpPrefix {
         Some(IpPrefix { addr, len: *len })
     }
 
-    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+    pub(crate) fn contains(&self, ip: std::net::IpAddr) -> bool {
         use std::net::IpAddr::{V4, V6};
         match (self.addr, ip) {
             (V4(p), V4(a)) => prefix_eq(&p.octets(), &a.octets(), self.len),
@@ -104,13 +104,13 @@ fn prefix_eq(p: &[u8], a: &[u8], len: u32) -> bool {
 /// A unit's IP access lists. As in systemd.resource-control(5): an address
 /// on the allow list passes, else one on the deny list is dropped, else it passes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct IpFilter {
+pub(crate) struct IpFilter {
     pub allow: Vec<IpPrefix>,
     pub deny: Vec<IpPrefix>,
 }
 
 impl IpFilter {
-    pub fn blocks(&self, ip: std::net::IpAddr) -> bool {
+    pub(crate) fn blocks(&self, ip: std::net::IpAddr) -> bool {
         !self.allow.iter().any(|p| p.contains(ip)) && self.deny.iter().any(|p| p.contains(ip))
     }
 }
@@ -175,7 +175,7 @@ impl Systemd {
 
     /// The IP filter (`IPAddressAllow=`/`IPAddressDeny=`) of the service unit
     /// that runs `pid`; `None` when `pid` is not in a service unit.
-    pub async fn ip_filter_of_pid(&self, pid: u32) -> Result<Option<IpFilter>> {
+    pub(crate) async fn ip_filter_of_pid(&self, pid: u32) -> Result<Option<IpFilter>> {
         let Ok(path) = self.mgr.get_unit_by_pid(pid).await else {
             return Ok(None);
         };

@@ -170,6 +170,7 @@ fn redis_outside_the_ip_allow_list_is_named_and_the_shipped_dropin_fixes_it() {
         let s = status_text(&b);
         s.contains("outside this unit's IP allow list").then_some(s)
     });
+    eprintln!("status: {status}");
     assert!(status.contains("127.0.0.2"), "{status}");
     assert!(status.contains("20-remote-redis.conf"), "{status}");
     let err = b.journal("-u peagen-spawnerd -p err");

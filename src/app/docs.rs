@@ -11,14 +11,14 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// The three programs, by binary name.
-pub const PROGRAMS: [&str; 3] = ["peagenctl", "peagen-worker", "peagen-spawnerd"];
+pub(crate) const PROGRAMS: [&str; 3] = ["peagenctl", "peagen-worker", "peagen-spawnerd"];
 
 /// The shells completions are generated for.
-pub use clap_complete::Shell;
+pub(crate) use clap_complete::Shell;
 
 /// The clap command of `program`; `peagenctl`'s is passed in by the caller
 /// (the ctl module owns it, and this module must not import a program).
-pub fn command(program: &str, peagenctl: clap::Command) -> Option<clap::Command> {
+pub(crate) fn command(program: &str, peagenctl: clap::Command) -> Option<clap::Command> {
     match program {
         "peagenctl" => Some(peagenctl),
         "peagen-worker" => Some(super::worker::WorkerCli::command()),
@@ -28,13 +28,13 @@ pub fn command(program: &str, peagenctl: clap::Command) -> Option<clap::Command>
 }
 
 /// Write `program`'s completion script for `shell` to `out`.
-pub fn completions(shell: Shell, mut cmd: clap::Command, out: &mut dyn Write) {
+pub(crate) fn completions(shell: Shell, mut cmd: clap::Command, out: &mut dyn Write) {
     let name = cmd.get_name().to_string();
     clap_complete::generate(shell, &mut cmd, name, out);
 }
 
 /// File name a completion script is installed under, as the shells look it up.
-pub fn completion_file(shell: Shell, program: &str) -> String {
+pub(crate) fn completion_file(shell: Shell, program: &str) -> String {
     match shell {
         Shell::Bash => format!("{program}.bash"),
         Shell::Zsh => format!("_{program}"),
@@ -47,7 +47,7 @@ pub fn completion_file(shell: Shell, program: &str) -> String {
 
 /// Man section of each program: peagenctl is a user command (1), the
 /// daemons are administration commands (8).
-pub fn man_section(program: &str) -> &'static str {
+pub(crate) fn man_section(program: &str) -> &'static str {
     if program == "peagenctl" {
         "1"
     } else {
@@ -81,7 +81,7 @@ fn strip_comments(roff: &str) -> String {
 }
 
 /// The man page of `program` (roff).
-pub fn man_page(program: &str, cmd: clap::Command) -> std::io::Result<Vec<u8>> {
+pub(crate) fn man_page(program: &str, cmd: clap::Command) -> std::io::Result<Vec<u8>> {
     let cmd_for_commands = cmd.clone();
     let man = clap_mangen::Man::new(cmd)
         .section(man_section(program))
@@ -199,7 +199,10 @@ fn render_command(out: &mut String, parent: &str, cmd: &clap::Command) {
 
 /// Write every program's man page into `dir` (`peagenctl.1`,
 /// `peagen-worker.8`, `peagen-spawnerd.8`); returns the paths written.
-pub fn write_man_pages(dir: &Path, peagenctl: clap::Command) -> std::io::Result<Vec<PathBuf>> {
+pub(crate) fn write_man_pages(
+    dir: &Path,
+    peagenctl: clap::Command,
+) -> std::io::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir)?;
     let mut written = Vec::new();
     for p in PROGRAMS {
@@ -212,7 +215,7 @@ pub fn write_man_pages(dir: &Path, peagenctl: clap::Command) -> std::io::Result<
 }
 
 /// Write every program's completion for `shells` into `dir`.
-pub fn write_completions(
+pub(crate) fn write_completions(
     dir: &Path,
     shells: &[Shell],
     peagenctl: clap::Command,

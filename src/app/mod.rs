@@ -5,6 +5,6 @@
 //! `systemd`, `inventory`, `metrics`, ... below them. [`docs`] renders
 //! completions and man pages from the three command lines.
 
-pub mod docs;
+pub(crate) mod docs;
 pub mod spawnerd;
 pub mod worker;

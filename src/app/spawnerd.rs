@@ -17,10 +17,10 @@ Redis, starts transient worker units for the backlog, stops idle ones, and re-qu
 tasks of workers that died. It keeps no state of its own.",
     after_long_help = SPAWNERD_MORE
 )]
-pub struct SpawnerCli {
+pub(crate) struct SpawnerCli {
     /// Config file (default /etc/peagen/peagen.toml if present).
     #[arg(long, short = 'c', value_name = "FILE")]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
 }
 
 const SPAWNERD_MORE: &str = "\

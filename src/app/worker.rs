@@ -17,16 +17,16 @@ use tokio::sync::watch;
     version,
     about = "Consume Peagen tasks from Redis Streams and run them"
 )]
-pub struct WorkerCli {
+pub(crate) struct WorkerCli {
     /// Config file (default /etc/peagen/peagen.toml if it exists, else built-in defaults).
     #[arg(long, short = 'c', global = true)]
-    pub config: Option<std::path::PathBuf>,
+    pub(crate) config: Option<std::path::PathBuf>,
     #[command(subcommand)]
-    pub cmd: Option<WorkerCmd>,
+    pub(crate) cmd: Option<WorkerCmd>,
 }
 
 #[derive(clap::Subcommand, Debug)]
-pub enum WorkerCmd {
+pub(crate) enum WorkerCmd {
     /// Run the consume loop (the default).
     Run,
     /// Run a command in the execute sandbox and print its verdict (debugging).
@@ -119,7 +119,7 @@ async fn async_main(cfg: Config) -> i32 {
         .get_or_create(&labels(&[("reason", reason.as_str())]))
         .inc();
     // Last flush, after the exit reason is counted (waits for a running one).
-    match tokio::time::timeout(Duration::from_secs(5), sink.flush(&fleet_queue)).await {
+    match tokio::time::timeout(Duration::from_secs(5), sink.flush(&*fleet_queue)).await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => {
             tracing::warn!(key = %sink.key(), error = %e, "final metrics flush failed; these counts are lost")
@@ -152,4 +152,18 @@ fn spawn_signal_listener(tx: watch::Sender<bool>) {
         notify(&[NotifyState::Stopping]);
         let _ = tx.send(true);
     });
+}
+
+/// The fleet sink's store is the queue's per-host hash (the metrics module
+/// knows no queue; the program connects the two).
+impl crate::metrics::DeltaStore for Queue {
+    type Error = crate::queue::QueueError;
+    fn hash_incr(
+        &self,
+        key: &str,
+        ints: &[(String, i64)],
+        floats: &[(String, f64)],
+    ) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send {
+        Queue::hash_incr(self, key, ints, floats)
+    }
 }

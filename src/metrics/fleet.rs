@@ -178,28 +178,47 @@ impl FleetSink {
 
     /// Flush the deltas since the last successful flush; returns how many
     /// fields were incremented.
-    pub async fn flush(&self, q: &crate::queue::Queue) -> crate::queue::Result<usize> {
+    pub async fn flush<S: DeltaStore>(&self, store: &S) -> Result<usize, S::Error> {
         // Held across the round trip: concurrent flushes would double-count.
         let mut flushed = self.flushed.lock().await;
         let current = fleet_series(&render(&self.reg.lock().expect("metrics lock")));
         let (ints, floats) = fleet_deltas(&flushed, &current);
         let n = ints.len() + floats.len();
         if n > 0 {
-            q.hash_incr(&self.key, &ints, &floats).await?;
+            store.hash_incr(&self.key, &ints, &floats).await?;
             *flushed = current;
         }
         Ok(n)
     }
 
     /// Flush every `every` forever (errors are logged; deltas wait).
-    pub async fn run(self: Arc<Self>, q: Arc<crate::queue::Queue>, every: std::time::Duration) {
+    pub async fn run<S: DeltaStore + Sync>(
+        self: Arc<Self>,
+        store: Arc<S>,
+        every: std::time::Duration,
+    ) {
         loop {
             tokio::time::sleep(every).await;
-            if let Err(e) = self.flush(&q).await {
+            if let Err(e) = self.flush(&*store).await {
                 tracing::warn!(key = %self.key, error = %e, "cannot flush metrics to Redis; keeping them for the next flush");
             }
         }
     }
+}
+
+/// Where flushed deltas go: the host's Redis hash, i.e. the queue (its
+/// implementation is wired in by the worker program), so this module
+/// imports no queue code.
+pub trait DeltaStore {
+    type Error: std::fmt::Display;
+    /// Add `ints` (`HINCRBY`) and `floats` (`HINCRBYFLOAT`) to hash `key`,
+    /// all or nothing.
+    fn hash_incr(
+        &self,
+        key: &str,
+        ints: &[(String, i64)],
+        floats: &[(String, f64)],
+    ) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send;
 }
 
 /// Spawner side: exports a snapshot of the host's hash at scrape time.

@@ -14,7 +14,7 @@ use tokio::sync::Semaphore;
 
 /// Bounds of the endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ServeLimits {
+pub(crate) struct ServeLimits {
     /// Largest request head (request line + headers) read; larger gets 431.
     pub max_request_bytes: usize,
     /// Connections served at once; more get 503 and are closed at once.
@@ -40,12 +40,12 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 
 /// Serve `GET /metrics` on `addr` (loopback by default) with the default
 /// limits; returns the bound address.
-pub async fn serve(addr: SocketAddr, reg: SharedRegistry) -> std::io::Result<SocketAddr> {
+pub(crate) async fn serve(addr: SocketAddr, reg: SharedRegistry) -> std::io::Result<SocketAddr> {
     serve_with(addr, reg, ServeLimits::default()).await
 }
 
 /// [`serve`] with explicit limits.
-pub async fn serve_with(
+pub(crate) async fn serve_with(
     addr: SocketAddr,
     reg: SharedRegistry,
     limits: ServeLimits,
