@@ -106,6 +106,24 @@ end
 return {now, hosts, redis.call('ZRANGE', KEYS[3], 0, -1)}
 "#;
 
+/// KEYS: seen. ARGV: host. Refresh a live host's heartbeat time only (Redis
+/// TIME; no-op for a host not in the fleet), between the steps of a long
+/// hand-over, so the host doing it is not taken for dead meanwhile.
+const TOUCH_SCRIPT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZADD', KEYS[1], 'XX', now, ARGV[1])
+"#;
+
+pub async fn touch(q: &Queue, keys: &FleetKeys, host: &str) -> Result<(), FleetError> {
+    let _: i64 = redis::Script::new(TOUCH_SCRIPT)
+        .key(&keys.seen)
+        .arg(host)
+        .invoke_async(&mut q.connection())
+        .await?;
+    Ok(())
+}
+
 type RawHost = (String, String, i64);
 
 fn parse_hosts(raw: Vec<RawHost>) -> Vec<Host> {
@@ -181,6 +199,7 @@ pub async fn hand_over(
         tracing::warn!(host = dead, worker_id = %c.name, requeued = r.requeued, dead_lettered = r.dead_lettered, "re-queued the tasks of a dead host's worker");
         rep.add(&r);
         q.delete_consumer_if_empty(&c.name).await?;
+        touch(q, keys, me).await?;
     }
     let _: i64 = redis::cmd("ZREM")
         .arg(&keys.dead)
@@ -279,6 +298,7 @@ impl FleetAgent {
             tracing::warn!(worker_id = %c.name, requeued = r.requeued, dead_lettered = r.dead_lettered, "re-queued the tasks of a worker of this host that is gone");
             rep.add(&r);
             q.delete_consumer_if_empty(&c.name).await?;
+            touch(q, &self.keys, &self.host).await?;
         }
         Ok(rep)
     }

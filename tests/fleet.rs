@@ -473,3 +473,25 @@ fn a_restarted_spawner_requeues_its_own_gone_workers_tasks() {
         assert_eq!(attempts, vec![0, 0, 1, 1]);
     });
 }
+
+/// The touch between hand-over steps refreshes a member's heartbeat time
+/// and never adds a host.
+#[test]
+fn touch_refreshes_members_only() {
+    use peagen_fabric::fleet_store::{touch, FleetKeys};
+    let r = Redis::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let q = connect(&r).await;
+        let mut h = SimHost::new("h", &spawner_cfg(4, 0));
+        h.pass(&q, &Backlog::default(), false).await;
+        let seen = || r.int(&["ZSCORE", "peagen.tasks.fleet.seen", "h"]);
+        let before = seen();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let keys = FleetKeys::new("peagen.tasks");
+        touch(&q, &keys, "h").await.unwrap();
+        assert!(seen() > before);
+        touch(&q, &keys, "ghost").await.unwrap();
+        assert_eq!(r.int(&["ZCARD", "peagen.tasks.fleet.seen"]), 1);
+    });
+}
