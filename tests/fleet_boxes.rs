@@ -12,6 +12,7 @@
 //!   flight: they are re-queued with attempts+1 and picked up by box-a/b
 //!   workers within 30 s (the target, the bound of the wait), and
 //!   every task finishes; none lost, none dead-lettered.
+//! - A box that joins takes a share of the (warm) fleet.
 
 mod support;
 
@@ -231,6 +232,15 @@ fn three_boxes_share_one_fleet_and_a_dead_box_hands_over_its_tasks() {
         j.contains("re-queued the tasks of a dead host's worker"),
         "{j}"
     );
+
+    // 4. A box that joins takes a share: "box-0" sorts first, so of the warm
+    // pool of 2 it takes one and box-b gives its idle one back.
+    let d = TestBox::start("fleet-d");
+    configure(&d, &redis, "box-0", warm);
+    d.start_spawnerd();
+    eventually(LONG, "the joined box holds a share (a=1, b=0, 0=1)", || {
+        live(&[&a, &b, &d]) == vec![1, 0, 1]
+    });
 }
 
 /// Benchmark (prints a table): the burst (40 tasks of 2 s, max 16
