@@ -264,6 +264,15 @@ pub struct SpawnerConfig {
     /// First backoff after the breaker opens, doubled up to `backoff-max-secs`.
     pub backoff_initial_secs: u64,
     pub backoff_max_secs: u64,
+    /// `fleet`: min, warm-pool and the desired count are fleet-wide, split
+    /// over the hosts sharing the queue; `host`: each host sizes itself.
+    pub scale_scope: crate::fleet::ScaleScope,
+    /// A host whose spawner has not heart-beaten for this long leaves the
+    /// fleet; its workers' tasks are re-queued.
+    pub fleet_host_timeout_ms: u64,
+    /// This host's id in the fleet record and in its worker ids (empty =
+    /// the hostname). Must be unique among the hosts sharing the queue.
+    pub host_id: String,
     pub worker_unit: WorkerUnitConfig,
 }
 
@@ -284,6 +293,9 @@ impl Default for SpawnerConfig {
             failure_threshold: 3,
             backoff_initial_secs: 5,
             backoff_max_secs: 300,
+            scale_scope: crate::fleet::ScaleScope::Fleet,
+            fleet_host_timeout_ms: 10_000,
+            host_id: String::new(),
             worker_unit: WorkerUnitConfig::default(),
         }
     }
@@ -562,6 +574,15 @@ impl Config {
         }
         if s.tick_ms == 0 {
             errs.push("spawner.tick-ms must be at least 1".into());
+        }
+        if s.fleet_host_timeout_ms < s.tick_ms.saturating_mul(3) {
+            errs.push(format!(
+                "spawner.fleet-host-timeout-ms ({}) must be at least 3 x spawner.tick-ms ({}), or live hosts look dead",
+                s.fleet_host_timeout_ms, s.tick_ms
+            ));
+        }
+        if let Err(e) = crate::fleet::check_host_id(&s.host_id) {
+            errs.push(format!("spawner.host-id: {e}"));
         }
         if s.max_starts_per_tick == 0 {
             errs.push("spawner.max-starts-per-tick must be at least 1".into());

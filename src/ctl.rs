@@ -46,6 +46,8 @@ pub enum Cmd {
     },
     /// Workers known to the queue: consumer, pending, idle time, current task.
     Workers,
+    /// Hosts sharing the queue: heartbeat age, workers by state, share, max.
+    Fleet,
     /// Configuration.
     Config {
         #[command(subcommand)]
@@ -286,6 +288,13 @@ async fn run(cli: Cli, cfg: Config) -> Result<(), CtlError> {
         } => dlq(&cfg, cmd, cli.json).await,
         Cmd::Workers => workers(&cfg, cli.json).await,
         Cmd::Budget { cmd } => Ok(crate::llm::budget::cli(&cfg, cmd, cli.json).await?),
+        Cmd::Fleet => {
+            let q = connect(&cfg).await?;
+            let out =
+                (crate::fleet_store::ctl_fleet(&cfg, &q, cli.json).await).map_err(unavailable)?;
+            println!("{out}");
+            Ok(())
+        }
         Cmd::Config { .. } | Cmd::Completions { .. } | Cmd::Man { .. } => {
             unreachable!("handled before the runtime starts")
         }

@@ -10,6 +10,8 @@ pub(crate) mod backoff;
 pub mod config;
 pub mod ctl;
 pub mod exit;
+pub mod fleet;
+pub mod fleet_store;
 pub mod handlers;
 pub(crate) mod inventory;
 pub mod llm;

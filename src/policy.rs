@@ -127,7 +127,28 @@ pub fn decide(
     allowed_starts: u32,
     now: Instant,
 ) -> Decision {
-    let want = desired(cfg, backlog);
+    decide_towards(
+        cfg,
+        desired(cfg, backlog),
+        workers,
+        mem,
+        allowed_starts,
+        now,
+    )
+}
+
+/// [`decide`] for a desired count chosen elsewhere (a fleet share, see
+/// [`crate::fleet`]): same rate limit, `max`, stabilization window and
+/// idle-only scale-down.
+pub fn decide_towards(
+    cfg: &PolicyConfig,
+    want: u32,
+    workers: &[WorkerView],
+    mem: Memory,
+    allowed_starts: u32,
+    now: Instant,
+) -> Decision {
+    let want = want.min(cfg.max);
     let current = workers
         .iter()
         .filter(|w| !matches!(w.state, WorkerState::Stopping))

@@ -422,6 +422,15 @@ impl Queue {
         }
     }
 
+    pub fn config(&self) -> &RedisConfig {
+        &self.cfg
+    }
+
+    /// The shared connection, for modules with their own scripts (the fleet record).
+    pub fn connection(&self) -> ConnectionManager {
+        self.c()
+    }
+
     fn c(&self) -> ConnectionManager {
         self.shared
             .conn
@@ -431,7 +440,7 @@ impl Queue {
     }
 
     /// `XGROUP CREATE tasks group 0 MKSTREAM`, BUSYGROUP ignored.
-    pub(crate) async fn ensure_group(&self) -> Result<()> {
+    pub async fn ensure_group(&self) -> Result<()> {
         let r: redis::RedisResult<()> = redis::cmd("XGROUP")
             .arg("CREATE")
             .arg(&self.cfg.tasks_stream)
@@ -467,7 +476,14 @@ impl Queue {
         Ok(id)
     }
 
-    pub(crate) async fn push_many(&self, tasks: &[Task]) -> Result<Vec<String>> {
+    /// Push one task; returns its entry id.
+    pub async fn push(&self, task: &Task) -> Result<String> {
+        let mut ids = self.push_many(std::slice::from_ref(task)).await?;
+        Ok(ids.pop().unwrap_or_default())
+    }
+
+    /// Push tasks in pipelined batches of [`PUSH_BATCH`]; returns their entry ids in order.
+    pub async fn push_many(&self, tasks: &[Task]) -> Result<Vec<String>> {
         self.ensure_group().await?;
         let mut ids = Vec::with_capacity(tasks.len());
         for chunk in tasks.chunks(PUSH_BATCH) {
@@ -1004,7 +1020,7 @@ impl Queue {
         Ok(r >= 0)
     }
 
-    pub(crate) async fn consumers(&self) -> Result<Vec<ConsumerInfo>> {
+    pub async fn consumers(&self) -> Result<Vec<ConsumerInfo>> {
         let r: redis::RedisResult<StreamInfoConsumersReply> = redis::cmd("XINFO")
             .arg("CONSUMERS")
             .arg(&self.cfg.tasks_stream)

@@ -40,6 +40,10 @@ struct Spawner {
     queue: Arc<Queue>,
     m: SpawnerMetrics,
     host: String,
+    /// This host in the fleet and in its worker ids (`spawner.host-id`).
+    host_id: String,
+    /// Heartbeat, fleet share and dead-host hand-over ([`crate::fleet_store`]).
+    fleet: crate::fleet_store::FleetAgent,
     breaker: Breaker,
     mem: Memory,
     /// Worker id -> since when it was seen idle (rebuilt after a restart).
@@ -224,7 +228,20 @@ impl Spawner {
             pending: stats.pending,
         };
         let allowed = self.breaker.allowed_starts(now, self.starting.len() as u32);
-        let d = policy::decide(&self.policy_cfg(), &backlog, &views, self.mem, allowed, now);
+        let max_attempts = self.max_attempts();
+        let ft = (self.fleet)
+            .tick(
+                &self.queue,
+                &self.cfg.spawner,
+                &backlog,
+                &views,
+                max_attempts,
+            )
+            .await;
+        self.count_reclaimed(&ft.reclaimed);
+        // No heartbeat (Redis unreachable): hold the current count.
+        let want = (ft.want).unwrap_or_else(|| crate::fleet::Counts::of(&views).capacity());
+        let d = policy::decide_towards(&self.policy_cfg(), want, &views, self.mem, allowed, now);
         self.mem = d.memory;
         for _ in 0..d.start {
             self.start_one();
@@ -247,7 +264,7 @@ impl Spawner {
     }
 
     fn start_one(&mut self) {
-        let id = uuid::Uuid::new_v4().to_string();
+        let id = crate::fleet::worker_id(&self.host_id, &uuid::Uuid::new_v4());
         let unit = crate::systemd::unit_name(&id);
         tracing::info!(worker_id = %id, unit = %unit, "starting worker");
         self.m.spawns.inc();
@@ -379,7 +396,7 @@ impl Spawner {
     /// XAUTOCLAIM sweep for orphans of consumers that are not live units,
     /// then delete consumers that hold nothing and are not live units.
     async fn sweep(&mut self) {
-        let claimer = format!("peagen-spawnerd-{}", self.host);
+        let claimer = format!("{}{}", crate::fleet::CLAIMER_PREFIX, self.host_id);
         match self
             .queue
             .autoclaim_orphans(
@@ -672,6 +689,7 @@ pub(crate) async fn run(
     let mut cfg = cfg;
     let mut reg = crate::metrics::new_registry();
     let m = SpawnerMetrics::new(&mut reg);
+    let fleet_m = crate::fleet_store::FleetMetrics::register(&mut reg);
     let reg: SharedRegistry = Arc::new(std::sync::Mutex::new(reg));
     if !cfg.metrics.spawner_listen.is_empty() {
         match cfg.metrics.spawner_listen.parse() {
@@ -724,6 +742,12 @@ pub(crate) async fn run(
         queue: Arc::new(queue),
         m,
         host: crate::telemetry::hostname(),
+        host_id: crate::fleet::host_id(&cfg.spawner.host_id),
+        fleet: crate::fleet_store::FleetAgent::new(
+            &crate::fleet::host_id(&cfg.spawner.host_id),
+            &cfg.redis.tasks_stream,
+            fleet_m,
+        ),
         mem: Memory::default(),
         idle_since: HashMap::new(),
         starting: HashMap::new(),

@@ -25,6 +25,9 @@ _peagenctl() {
             peagenctl,config)
                 cmd="peagenctl__subcmd__config"
                 ;;
+            peagenctl,fleet)
+                cmd="peagenctl__subcmd__fleet"
+                ;;
             peagenctl,help)
                 cmd="peagenctl__subcmd__help"
                 ;;
@@ -87,6 +90,9 @@ _peagenctl() {
                 ;;
             peagenctl__subcmd__help,config)
                 cmd="peagenctl__subcmd__help__subcmd__config"
+                ;;
+            peagenctl__subcmd__help,fleet)
+                cmd="peagenctl__subcmd__help__subcmd__fleet"
                 ;;
             peagenctl__subcmd__help,help)
                 cmd="peagenctl__subcmd__help__subcmd__help"
@@ -206,7 +212,7 @@ _peagenctl() {
 
     case "${cmd}" in
         peagenctl)
-            opts="-c -h -V --config --json --help --version push task queue workers config completions man budget help"
+            opts="-c -h -V --config --json --help --version push task queue workers fleet config completions man budget help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -509,8 +515,30 @@ _peagenctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        peagenctl__subcmd__fleet)
+            opts="-c -h --config --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         peagenctl__subcmd__help)
-            opts="push task queue workers config completions man budget help"
+            opts="push task queue workers fleet config completions man budget help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -610,6 +638,20 @@ _peagenctl() {
         peagenctl__subcmd__help__subcmd__config__subcmd__validate)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        peagenctl__subcmd__help__subcmd__fleet)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
