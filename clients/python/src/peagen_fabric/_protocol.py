@@ -388,15 +388,23 @@ class DeadLetter:
     extra: Dict[str, Any] = field(default_factory=dict)
     #: Entry id in the dead-letter stream (`dead_id` in peagenctl's output).
     dead_id: Optional[str] = field(default=None, compare=False, metadata=_LOCAL)
+    #: The entry's original `data` when the worker never carried it (`raw` is
+    #: null for `too_large` / `field_not_utf8`): the dead entry's `orig.data`.
+    orig_data: Optional[str] = field(default=None, compare=False, repr=False, metadata=_LOCAL)
 
     ok = False
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], dead_id: Optional[str] = None) -> "DeadLetter":
+    def from_dict(
+        cls,
+        d: Mapping[str, Any],
+        dead_id: Optional[str] = None,
+        orig_data: Optional[str] = None,
+    ) -> "DeadLetter":
         known, extra = _split(cls, d)
         nullable = ("task_id", "kind", "raw")
         kw = {k: v for k, v in known.items() if v is not None or k in nullable}
-        return cls(extra=extra, dead_id=dead_id, **kw)
+        return cls(extra=extra, dead_id=dead_id, orig_data=orig_data, **kw)
 
     def to_dict(self) -> Dict[str, Any]:
         return _to_dict(self, ())
@@ -420,17 +428,18 @@ class DeadLetter:
             return str(self.task_id)
         if self.is_prototype:
             return str(self.extra["id"])
-        return task_id_of_raw(self.raw)
+        return task_id_of_raw(self.raw if self.raw is not None else self.orig_data)
 
     def task(self) -> Optional[Task]:
         """The original task, if `raw` (or a prototype letter) holds one."""
         if self.is_prototype:
             d = dict(self.extra, kind=self.kind, attempts=self.attempts)
             return Task.from_dict(d)
-        if self.raw is None:
+        raw = self.raw if self.raw is not None else self.orig_data
+        if raw is None:
             return None
         try:
-            return Task.from_json(self.raw)
+            return Task.from_json(raw)
         except InvalidTaskError:
             return None
 
@@ -487,6 +496,15 @@ def entry_data(fields: Optional[Mapping[Any, Any]]) -> Optional[str]:
     return None
 
 
+def entry_orig_data(fields: Optional[Mapping[Any, Any]]) -> Optional[str]:
+    """A dead entry's `orig.data`: the original `data` the dead-letter script
+    copied server-side when the worker never carried it."""
+    for k, v in (fields or {}).items():
+        if text(k) == "orig." + DATA_FIELD:
+            return text(v)
+    return None
+
+
 def _load_object(s: Optional[str]) -> Optional[Dict[str, Any]]:
     if s is None:
         return None
@@ -516,7 +534,7 @@ def decode_dead(entry: StreamEntry) -> DeadLetter:
     d = _load_object(s)
     if d is None:
         return DeadLetter(extra={"unparsable": True, "text": s}, dead_id=text(eid))
-    return DeadLetter.from_dict(d, dead_id=text(eid))
+    return DeadLetter.from_dict(d, dead_id=text(eid), orig_data=entry_orig_data(fields))
 
 
 def export_line(dl: DeadLetter) -> str:
@@ -550,7 +568,7 @@ class DeadIndex:
             d = _load_object(entry_data(fields))
             if d is None:
                 continue
-            tid = DeadLetter.from_dict(d).raw_task_id
+            tid = DeadLetter.from_dict(d, orig_data=entry_orig_data(fields)).raw_task_id
             if tid:
                 self._by_task.setdefault(tid, []).append(did)
         return len(page) >= self.PAGE
