@@ -67,7 +67,8 @@ step "cargo build --release --locked --bins (for the unit checks; a first releas
 cargo build --release --locked --bins
 step "cargo test -- --include-ignored (unit + integration, root-only ones included:" \
      "real redis-server, systemd boxes, sandbox battery as root; about 3-6 min)"
-cargo test -- --include-ignored
+# bench_* tests are benchmarks (ignored, printed tables): run them by name.
+cargo test -- --include-ignored --skip bench_
 step "scripts/check-supply-chain.sh: RustSec audit (offline snapshot) and cargo deny licenses/bans/sources (seconds)"
 ./scripts/check-supply-chain.sh
 for s in scripts/test-sandbox-unprivileged.sh clients/python/run-tests.sh scripts/check-units.sh scripts/check-promtool.sh scripts/check-packages.sh; do

@@ -1,7 +1,7 @@
 //! Three hosts, one Redis: three real systemd 252 boxes (tests/box/box.sh),
 //! each with its own peagen-spawnerd, `spawner.host-id` box-a/b/c (the boxes
 //! share the UTS namespace, so the hostname cannot tell them apart), all on
-//! box-a's redis-server. Run under `flock /work/wt/box.lock`.
+//! box-a's redis-server.
 //!
 //! - A burst of 40 tasks, max 16 per host, 2 tasks per worker, warm pool 0:
 //!   the fleet starts at most 20 workers (+1 allowed for one tick of
