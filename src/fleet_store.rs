@@ -403,7 +403,10 @@ pub async fn ctl_fleet(cfg: &Config, q: &Queue, as_json: bool) -> Result<String,
         .invoke_async(&mut q.connection())
         .await?;
     let timeout = cfg.spawner.fleet_host_timeout_ms;
-    let rows: Vec<FleetRow> = parse_hosts(hosts)
+    // Sorted by host id (the order shares are dealt in), not Redis hash order.
+    let mut hosts = parse_hosts(hosts);
+    hosts.sort_by(|a, b| a.id.cmp(&b.id));
+    let rows: Vec<FleetRow> = hosts
         .into_iter()
         .map(|h| FleetRow {
             status: if h.age_ms > timeout {
