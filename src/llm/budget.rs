@@ -103,7 +103,8 @@ pub(super) async fn reserve(
         .arg(task_id)
         .arg(tokens)
         .invoke_async(&mut c)
-        .await?;
+        .await
+        .map_err(|e| s.saw(e))?;
     Ok(match r.as_str() {
         "ok" => Reservation::Reserved,
         "budget_exhausted" => Reservation::Refused(Refusal::BudgetExhausted),
@@ -125,7 +126,8 @@ pub(super) async fn settle(
         .arg(task_id)
         .arg(used)
         .invoke_async(&mut c)
-        .await?;
+        .await
+        .map_err(|e| s.saw(e))?;
     Ok(n.max(0) as u64)
 }
 
@@ -154,8 +156,11 @@ fn rfc3339_ms(ms: u64) -> Option<String> {
 pub(super) async fn get(s: &Store, workflow: &str) -> Result<Option<Budget>, StoreError> {
     let key = s.budget_key(workflow);
     let mut c = s.conn().await?;
-    let h: std::collections::HashMap<String, String> =
-        redis::cmd("HGETALL").arg(&key).query_async(&mut c).await?;
+    let h: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(&key)
+        .query_async(&mut c)
+        .await
+        .map_err(|e| s.saw(e))?;
     if !h.contains_key("limit") {
         return Ok(None);
     }
@@ -218,7 +223,8 @@ pub async fn set(
         .arg(0)
         .ignore()
         .query_async(&mut c)
-        .await?;
+        .await
+        .map_err(|e| s.saw(e))?;
     Ok(())
 }
 

@@ -1,12 +1,15 @@
 //! The Redis side of the LLM guardrails: fleet rate-limit buckets and
 //! workflow budgets. Its own connection (made on first use), so handlers
 //! need no queue; key names derive from the tasks stream so two fleets on
-//! one Redis never share a bucket or a budget by accident.
+//! one Redis never share a bucket or a budget by accident. After an error
+//! that may mean a Sentinel failover the connection is dropped, so the next
+//! call asks the sentinels for the master again.
 
 use super::budget::{Budget, Reservation};
 use super::ratelimit::{Spec, BUCKET_SCRIPT};
 use crate::config::RedisConfig;
 use redis::aio::ConnectionManager;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::Mutex;
 
@@ -18,7 +21,7 @@ pub enum StoreError {
         source: redis::RedisError,
     },
     #[error("Redis command for LLM rate limits and budgets failed: {0}")]
-    Redis(#[from] redis::RedisError),
+    Redis(redis::RedisError),
     #[error("budget of workflow {workflow:?} holds a value that is not a number in field {field} (fix or delete the key {key})")]
     Corrupt {
         workflow: String,
@@ -30,6 +33,9 @@ pub enum StoreError {
 pub struct Store {
     cfg: RedisConfig,
     conn: Mutex<Option<ConnectionManager>>,
+    /// Set by [`Store::saw`]: the cached connection may point at a master
+    /// that is gone (a `ConnectionManager` reconnects to the same address).
+    stale: AtomicBool,
     bucket: redis::Script,
     pub(super) reserve: redis::Script,
     pub(super) settle: redis::Script,
@@ -40,16 +46,20 @@ impl Store {
         Store {
             cfg: cfg.clone(),
             conn: Mutex::new(None),
+            stale: AtomicBool::new(false),
             bucket: redis::Script::new(BUCKET_SCRIPT),
             reserve: redis::Script::new(super::budget::RESERVE_SCRIPT),
             settle: redis::Script::new(super::budget::SETTLE_SCRIPT),
         }
     }
 
-    /// Connected once; with Sentinel the master is resolved at that time
-    /// and the connection manager reconnects to the same address.
+    /// Connected on first use and again after [`Store::saw`] flagged an
+    /// error that may mean a failover (the master is resolved anew then).
     pub(super) async fn conn(&self) -> Result<ConnectionManager, StoreError> {
         let mut g = self.conn.lock().await;
+        if self.stale.swap(false, Ordering::AcqRel) {
+            *g = None;
+        }
         if let Some(c) = g.as_ref() {
             return Ok(c.clone());
         }
@@ -76,6 +86,15 @@ impl Store {
         Ok(c)
     }
 
+    /// Pass every command's error through here: one that may mean the
+    /// master moved (or that we talk to a demoted one) drops the connection.
+    pub(super) fn saw(&self, e: redis::RedisError) -> StoreError {
+        if crate::redis_target::suggests_failover(&e) {
+            self.stale.store(true, Ordering::Release);
+        }
+        StoreError::Redis(e)
+    }
+
     pub fn bucket_key(&self, name: &str) -> String {
         format!("{}.llm.ratelimit.{name}", self.cfg.tasks_stream)
     }
@@ -98,8 +117,7 @@ impl Store {
         refund: u64,
     ) -> Result<u64, StoreError> {
         let mut c = self.conn().await?;
-        Ok(self
-            .bucket
+        self.bucket
             .key(key)
             .arg(spec.requests_per_minute)
             .arg(spec.request_burst)
@@ -108,13 +126,17 @@ impl Store {
             .arg(cost)
             .arg(refund)
             .invoke_async(&mut c)
-            .await?)
+            .await
+            .map_err(|e| self.saw(e))
     }
 
     /// A plain round trip (the benchmark's baseline).
     pub async fn ping(&self) -> Result<(), StoreError> {
         let mut c = self.conn().await?;
-        let _: String = redis::cmd("PING").query_async(&mut c).await?;
+        let _: String = redis::cmd("PING")
+            .query_async(&mut c)
+            .await
+            .map_err(|e| self.saw(e))?;
         Ok(())
     }
 
