@@ -37,52 +37,12 @@ DIRECT=${EVOLVE_DIRECT_LLM:-0}
 [ "$(id -u)" = 0 ] || { echo "demo-evolve: run as root (it starts system units)" >&2; exit 1; }
 for t in redis-server curl jq python3; do command -v $t >/dev/null || { echo "demo-evolve: needs $t" >&2; exit 1; }; done
 
-echo "==> building ($PROFILE)"
-(cd "$here" && if [ "$PROFILE" = release ]; then cargo build -q --release --bins; else cargo build -q --bins; fi)
-bin=$CARGO_TARGET_DIR/$PROFILE
-# Not under /tmp: the box gets a private /tmp (tests/box/box.sh).
-work=$(mktemp -d /var/tmp/peagen-evolve.XXXXXX)
-mport=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
-
-if [ "$(cat /proc/1/comm)" = systemd ]; then
-    mode=host
-    run_in() { "$@"; }
-    install_file() { install -D -m "$(stat -c %a "$1")" "$1" "$2"; }
-else
-    mode=box
-    run_in() { "$here/tests/box/box.sh" exec "$work/box" "$@"; }
-    install_file() { "$here/tests/box/box.sh" install "$work/box" "$1" "$2"; }
-fi
-prefix=/run/peagen-evolve
-
-redis_pid= standin_pid=
-cleanup() {
-    echo "==> cleaning up"
-    run_in systemctl stop peagen-spawnerd.service 2>/dev/null || true
-    run_in sh -c "systemctl stop 'peagen-worker@*.service'; systemctl reset-failed 'peagen-worker@*.service' peagen-spawnerd.service" 2>/dev/null || true
-    if [ $mode = box ]; then "$here/tests/box/box.sh" stop "$work/box" >/dev/null 2>&1 || true; fi
-    if [ -n "$standin_pid" ]; then kill "$standin_pid" 2>/dev/null || true; wait "$standin_pid" 2>/dev/null || true; fi
-    if [ -n "$redis_pid" ]; then kill "$redis_pid" 2>/dev/null || true; wait "$redis_pid" 2>/dev/null || true; fi
-    if [ $mode = host ]; then rm -rf "$prefix"; fi
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-if [ $mode = box ]; then
-    echo "==> PID 1 is not systemd: booting systemd $(systemctl --version | awk 'NR==1{print $2}') in a private namespace"
-    if [ -n "${PEAGEN_REDIS_URL:-}" ]; then BOX_NO_REDIS=1 "$here/tests/box/box.sh" start "$work/box" >/dev/null
-    else "$here/tests/box/box.sh" start "$work/box" >/dev/null; redis_pid=$(cat "$work/box/redis.pid"); fi
-    url=${PEAGEN_REDIS_URL:-redis://127.0.0.1:$(cat "$work/box/redis.port")}
-else
-    echo "==> using the host's systemd"
-    if [ -n "${PEAGEN_REDIS_URL:-}" ]; then url=$PEAGEN_REDIS_URL; else
-        port=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
-        redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --logfile "$work/redis.log" &
-        redis_pid=$!; url=redis://127.0.0.1:$port
-        for _ in $(seq 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
-    fi
-fi
-echo "==> Redis at $url"
+demo=demo-evolve; standin_pid=
+. "$here/scripts/demo-lib.sh"
+demo_build
+demo_systemd
+mport=$(free_port)
+demo_redis
 
 # The key: a real one from the operator, or a random one the stand-in demands.
 (umask 077; : > "$work/llm.key")
@@ -99,7 +59,7 @@ else
     LLM_STANDIN_KEY=$(cat "$work/llm.key") python3 "$here/scripts/llm-standin.py" --port 0 \
         --port-file "$work/standin.port" --seed "$SEED" --rate-limit-share "$SHARE429" --retry-after 2 \
         > "$work/standin.log" 2>&1 &
-    standin_pid=$!
+    standin_pid=$!; extra_pids="$extra_pids $standin_pid"
     for _ in $(seq 100); do [ -s "$work/standin.port" ] && break; sleep 0.1; done
     [ -s "$work/standin.port" ] || { cat "$work/standin.log" >&2; exit 1; }
     llm_url=http://127.0.0.1:$(cat "$work/standin.port")/v1
@@ -158,14 +118,9 @@ burst = $BURST
 rate-limit-scope = "fleet"
 TOML
 fi
-for b in peagen-worker peagen-spawnerd; do install_file "$bin/$b" "$prefix/bin/$b"; done
-install_file "$cfg" "$prefix/peagen.toml"
+demo_install "$cfg"
 ctl() { "$bin/peagenctl" --config "$cfg" "$@"; }
-
-echo "==> starting peagen-spawnerd"
-run_in systemd-run -q --unit=peagen-spawnerd -p Type=notify -p WatchdogSec=30 \
-    "$prefix/bin/peagen-spawnerd" --config "$prefix/peagen.toml"
-for _ in $(seq 100); do [ "$(run_in systemctl list-units --plain --no-legend 'peagen-worker@*' | grep -c running)" -ge 1 ] && break; sleep 0.1; done
+demo_spawnerd
 
 if [ "$DIRECT" != 1 ]; then
     echo "==> workflow $wf: token budget $BUDGET (a mutate task reserves max_tokens=$MAXTOK + a bound of its prompt before its call)"
