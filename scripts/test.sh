@@ -62,9 +62,6 @@ step "cargo clippy --all-targets -- -D warnings" \
 cargo clippy --all-targets -- -D warnings
 step "build the test binaries (a first build: several minutes; cargo shows each crate)"
 cargo test --no-run
-step "cargo build --release --locked --bins (for the unit checks; a first release build takes" \
-     "10-15 min on 2 cores, cargo shows each crate)"
-cargo build --release --locked --bins
 step "cargo test -- --include-ignored (unit + integration, root-only ones included:" \
      "real redis-server, systemd boxes, sandbox battery as root; about 3-6 min)"
 # bench_* tests are benchmarks (ignored, printed tables): run them by name.
@@ -75,13 +72,16 @@ for s in scripts/test-sandbox-unprivileged.sh clients/python/run-tests.sh script
     case $s in
         *unprivileged*) what="the sandbox battery as an unprivileged user (under a minute)" ;;
         *python*) what="the Python client's tests (pytest in a venv) against a real redis-server and peagen-worker (about 1 min)" ;;
-        *units*) what="systemd-analyze verify/security on the units (seconds once the release build is there)" ;;
+        *units*) what="systemd-analyze verify/security on the units (seconds)" ;;
         *promtool*) what="alert rules and dashboards against promtool (seconds)" ;;
         *packages*) what="vendor the crates, build the .deb and .rpm (a release build from the vendored"
             what="$what sources: 10-20 min the first time on 2 cores), lintian, install each in a systemd box (2-3 min)" ;;
     esac
     step "$s: $what"
-    "./$s"
+    # The unit checks stage the test build's binaries (debug: verify needs
+    # them to exist, not to be fast); the package check makes its own
+    # release build from the vendored sources.
+    PEAGEN_BIN_DIR=${CARGO_TARGET_DIR:-target}/debug "./$s"
 done
 step "scripts/check-supply-chain.sh --packages: the SBOM and the embedded dependency lists in the .deb and .rpm (seconds)"
 ./scripts/check-supply-chain.sh --packages
