@@ -31,8 +31,10 @@ complete -c peagenctl -n "__fish_peagenctl_needs_command" -s V -l version -d 'Pr
 complete -c peagenctl -n "__fish_peagenctl_needs_command" -f -a "push" -d 'Push a task (from flags, or a whole task document with --file) and print its id'
 complete -c peagenctl -n "__fish_peagenctl_needs_command" -f -a "task" -d 'Task results'
 complete -c peagenctl -n "__fish_peagenctl_needs_command" -f -a "queue" -d 'Queue statistics and dead letters'
-complete -c peagenctl -n "__fish_peagenctl_needs_command" -f -a "workers" -d 'Workers known to the queue: consumer, pending, idle time, current task'
+complete -c peagenctl -n "__fish_peagenctl_needs_command" -f -a "workers" -d 'Workers of every host sharing the queue: host, state, pending, current task'
 complete -c peagenctl -n "__fish_peagenctl_needs_command" -f -a "fleet" -d 'Hosts sharing the queue: heartbeat age, workers by state, share, max'
+complete -c peagenctl -n "__fish_peagenctl_needs_command" -f -a "metrics" -d 'Queue and fleet metrics without systemd (Kubernetes, Compose)'
+complete -c peagenctl -n "__fish_peagenctl_needs_command" -f -a "autoscale" -d 'Size a worker pool with the spawner\'s policy: print the desired count or keep a Docker Compose service at it'
 complete -c peagenctl -n "__fish_peagenctl_needs_command" -f -a "config" -d 'Configuration'
 complete -c peagenctl -n "__fish_peagenctl_needs_command" -f -a "completions" -d 'Print a shell completion script, generated from the command-line definitions'
 complete -c peagenctl -n "__fish_peagenctl_needs_command" -f -a "man" -d 'Write the man pages of peagenctl, peagen-worker and peagen-spawnerd into DIR'
@@ -87,6 +89,27 @@ complete -c peagenctl -n "__fish_peagenctl_using_subcommand workers" -s h -l hel
 complete -c peagenctl -n "__fish_peagenctl_using_subcommand fleet" -s c -l config -d 'Config file (default /etc/peagen/peagen.toml if it exists, else built-in defaults)' -r -F
 complete -c peagenctl -n "__fish_peagenctl_using_subcommand fleet" -l json -d 'Machine-readable JSON output'
 complete -c peagenctl -n "__fish_peagenctl_using_subcommand fleet" -s h -l help -d 'Print help'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand metrics; and not __fish_seen_subcommand_from serve help" -s c -l config -d 'Config file (default /etc/peagen/peagen.toml if it exists, else built-in defaults)' -r -F
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand metrics; and not __fish_seen_subcommand_from serve help" -l json -d 'Machine-readable JSON output'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand metrics; and not __fish_seen_subcommand_from serve help" -s h -l help -d 'Print help'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand metrics; and not __fish_seen_subcommand_from serve help" -f -a "serve" -d 'Serve GET /metrics (queue work, fleet hosts and desired count, queue gauges) read from Redis every interval; runs until SIGTERM'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand metrics; and not __fish_seen_subcommand_from serve help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand metrics; and __fish_seen_subcommand_from serve" -l listen -d 'IP:PORT to serve GET /metrics on (default: metrics.spawner-listen)' -r
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand metrics; and __fish_seen_subcommand_from serve" -l interval-ms -d 'Milliseconds between reads of the queue and the fleet record' -r
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand metrics; and __fish_seen_subcommand_from serve" -s c -l config -d 'Config file (default /etc/peagen/peagen.toml if it exists, else built-in defaults)' -r -F
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand metrics; and __fish_seen_subcommand_from serve" -l json -d 'Machine-readable JSON output'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand metrics; and __fish_seen_subcommand_from serve" -s h -l help -d 'Print help'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand metrics; and __fish_seen_subcommand_from help" -f -a "serve" -d 'Serve GET /metrics (queue work, fleet hosts and desired count, queue gauges) read from Redis every interval; runs until SIGTERM'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand metrics; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand autoscale" -l compose -d 'Keep this Docker Compose service at the desired count (runs until stopped)' -r
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand autoscale" -l compose-file -d 'Compose file (docker compose -f FILE); default: Compose\'s own lookup' -r -F
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand autoscale" -l project -d 'Compose project name (docker compose -p NAME)' -r
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand autoscale" -l interval-ms -d 'Milliseconds between decisions' -r
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand autoscale" -s c -l config -d 'Config file (default /etc/peagen/peagen.toml if it exists, else built-in defaults)' -r -F
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand autoscale" -l print-desired -d 'Print the desired worker count for the live queue and exit'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand autoscale" -l watch -d 'With --print-desired: print it every interval instead of once'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand autoscale" -l json -d 'Machine-readable JSON output'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand autoscale" -s h -l help -d 'Print help'
 complete -c peagenctl -n "__fish_peagenctl_using_subcommand config; and not __fish_seen_subcommand_from validate show help" -s c -l config -d 'Config file (default /etc/peagen/peagen.toml if it exists, else built-in defaults)' -r -F
 complete -c peagenctl -n "__fish_peagenctl_using_subcommand config; and not __fish_seen_subcommand_from validate show help" -l json -d 'Machine-readable JSON output'
 complete -c peagenctl -n "__fish_peagenctl_using_subcommand config; and not __fish_seen_subcommand_from validate show help" -s h -l help -d 'Print help'
@@ -130,19 +153,22 @@ complete -c peagenctl -n "__fish_peagenctl_using_subcommand budget; and __fish_s
 complete -c peagenctl -n "__fish_peagenctl_using_subcommand budget; and __fish_seen_subcommand_from help" -f -a "set" -d 'Set a workflow\'s token budget (used tokens are kept)'
 complete -c peagenctl -n "__fish_peagenctl_using_subcommand budget; and __fish_seen_subcommand_from help" -f -a "show" -d 'Show a workflow\'s budget: limit, used, reserved, started_at, deadline'
 complete -c peagenctl -n "__fish_peagenctl_using_subcommand budget; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and not __fish_seen_subcommand_from push task queue workers fleet config completions man budget help" -f -a "push" -d 'Push a task (from flags, or a whole task document with --file) and print its id'
-complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and not __fish_seen_subcommand_from push task queue workers fleet config completions man budget help" -f -a "task" -d 'Task results'
-complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and not __fish_seen_subcommand_from push task queue workers fleet config completions man budget help" -f -a "queue" -d 'Queue statistics and dead letters'
-complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and not __fish_seen_subcommand_from push task queue workers fleet config completions man budget help" -f -a "workers" -d 'Workers known to the queue: consumer, pending, idle time, current task'
-complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and not __fish_seen_subcommand_from push task queue workers fleet config completions man budget help" -f -a "fleet" -d 'Hosts sharing the queue: heartbeat age, workers by state, share, max'
-complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and not __fish_seen_subcommand_from push task queue workers fleet config completions man budget help" -f -a "config" -d 'Configuration'
-complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and not __fish_seen_subcommand_from push task queue workers fleet config completions man budget help" -f -a "completions" -d 'Print a shell completion script, generated from the command-line definitions'
-complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and not __fish_seen_subcommand_from push task queue workers fleet config completions man budget help" -f -a "man" -d 'Write the man pages of peagenctl, peagen-worker and peagen-spawnerd into DIR'
-complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and not __fish_seen_subcommand_from push task queue workers fleet config completions man budget help" -f -a "budget" -d 'Workflow token budgets of LLM tasks'
-complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and not __fish_seen_subcommand_from push task queue workers fleet config completions man budget help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and not __fish_seen_subcommand_from push task queue workers fleet metrics autoscale config completions man budget help" -f -a "push" -d 'Push a task (from flags, or a whole task document with --file) and print its id'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and not __fish_seen_subcommand_from push task queue workers fleet metrics autoscale config completions man budget help" -f -a "task" -d 'Task results'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and not __fish_seen_subcommand_from push task queue workers fleet metrics autoscale config completions man budget help" -f -a "queue" -d 'Queue statistics and dead letters'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and not __fish_seen_subcommand_from push task queue workers fleet metrics autoscale config completions man budget help" -f -a "workers" -d 'Workers of every host sharing the queue: host, state, pending, current task'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and not __fish_seen_subcommand_from push task queue workers fleet metrics autoscale config completions man budget help" -f -a "fleet" -d 'Hosts sharing the queue: heartbeat age, workers by state, share, max'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and not __fish_seen_subcommand_from push task queue workers fleet metrics autoscale config completions man budget help" -f -a "metrics" -d 'Queue and fleet metrics without systemd (Kubernetes, Compose)'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and not __fish_seen_subcommand_from push task queue workers fleet metrics autoscale config completions man budget help" -f -a "autoscale" -d 'Size a worker pool with the spawner\'s policy: print the desired count or keep a Docker Compose service at it'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and not __fish_seen_subcommand_from push task queue workers fleet metrics autoscale config completions man budget help" -f -a "config" -d 'Configuration'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and not __fish_seen_subcommand_from push task queue workers fleet metrics autoscale config completions man budget help" -f -a "completions" -d 'Print a shell completion script, generated from the command-line definitions'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and not __fish_seen_subcommand_from push task queue workers fleet metrics autoscale config completions man budget help" -f -a "man" -d 'Write the man pages of peagenctl, peagen-worker and peagen-spawnerd into DIR'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and not __fish_seen_subcommand_from push task queue workers fleet metrics autoscale config completions man budget help" -f -a "budget" -d 'Workflow token budgets of LLM tasks'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and not __fish_seen_subcommand_from push task queue workers fleet metrics autoscale config completions man budget help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and __fish_seen_subcommand_from task" -f -a "get" -d 'Print a task\'s result record (exit 1 if there is none yet)'
 complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and __fish_seen_subcommand_from queue" -f -a "stats" -d 'Length, lag, pending, delayed retries, consumers, oldest age'
 complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and __fish_seen_subcommand_from queue" -f -a "dlq" -d 'Dead-letter stream'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and __fish_seen_subcommand_from metrics" -f -a "serve" -d 'Serve GET /metrics (queue work, fleet hosts and desired count, queue gauges) read from Redis every interval; runs until SIGTERM'
 complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and __fish_seen_subcommand_from config" -f -a "validate" -d 'Check a config file; exit 0 if valid, 78 if not'
 complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and __fish_seen_subcommand_from config" -f -a "show" -d 'Print the effective configuration (file + defaults + environment) as TOML'
 complete -c peagenctl -n "__fish_peagenctl_using_subcommand help; and __fish_seen_subcommand_from budget" -f -a "set" -d 'Set a workflow\'s token budget (used tokens are kept)'

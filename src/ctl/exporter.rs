@@ -1,0 +1,153 @@
+//! `peagenctl metrics serve`: the queue and fleet gauges without systemd
+//! (Kubernetes, Compose, or any host without `peagen-spawnerd`). The same
+//! endpoint code as the spawner's ([`crate::metrics::serve`]), the same
+//! fleet gauges ([`FleetMetrics`]) and the same desired count
+//! ([`crate::fleet::pool_desired`]); read-only towards Redis.
+
+use super::{unavailable, CtlError};
+use crate::config::Config;
+use crate::exit;
+use crate::fleet_store::{pool_view, FleetMetrics};
+use crate::metrics::{labels, GaugeVec, SharedRegistry};
+use crate::queue::Queue;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// IP:PORT to serve GET /metrics on (default: metrics.spawner-listen).
+    #[arg(long, value_name = "IP:PORT")]
+    pub listen: Option<SocketAddr>,
+    /// Milliseconds between reads of the queue and the fleet record.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub interval_ms: u64,
+}
+
+/// The exporter's gauges: the fleet ones plus the queue gauges the spawner
+/// also exports (same names and meaning), and whether the last read worked.
+struct ExporterMetrics {
+    fleet: FleetMetrics,
+    redis_pending: GaugeVec,
+    queue_lag: GaugeVec,
+    queue_delayed: Gauge,
+    by_kind: GaugeVec,
+    redis_up: Gauge,
+}
+
+impl ExporterMetrics {
+    fn register(reg: &mut Registry) -> Self {
+        let m = ExporterMetrics {
+            fleet: FleetMetrics::register(reg),
+            redis_pending: Default::default(),
+            queue_lag: Default::default(),
+            queue_delayed: Default::default(),
+            by_kind: Default::default(),
+            redis_up: Default::default(),
+        };
+        reg.register(
+            "redis_queue_pending",
+            "Entries delivered but not acknowledged (XPENDING), by stream",
+            m.redis_pending.clone(),
+        );
+        reg.register(
+            "queue_lag",
+            "Entries not yet delivered to the group (XINFO GROUPS lag, else a bounded count)",
+            m.queue_lag.clone(),
+        );
+        reg.register(
+            "queue_delayed",
+            "Retries waiting out their backoff in the delayed set (not backlog until due)",
+            m.queue_delayed.clone(),
+        );
+        reg.register(
+            "queue_pending_total",
+            "Unfinished tasks in the queue (backlog + in flight), by kind",
+            m.by_kind.clone(),
+        );
+        reg.register(
+            "exporter_redis_up",
+            "1 if the exporter's last read of Redis worked; 0 while the other gauges are stale",
+            m.redis_up.clone(),
+        );
+        m
+    }
+}
+
+/// One read of Redis into the gauges.
+async fn refresh(cfg: &Config, q: &Queue, m: &ExporterMetrics) -> Result<(), String> {
+    let v = pool_view(cfg, q).await.map_err(|e| e.to_string())?;
+    m.fleet.work.set(v.work as i64);
+    m.fleet.hosts.set(v.live_hosts as i64);
+    m.fleet.desired.set(v.desired as i64);
+    m.redis_pending
+        .get_or_create(&labels(&[("stream", &v.stats.stream)]))
+        .set(v.stats.pending as i64);
+    match v.stats.lag {
+        Some(l) => {
+            m.queue_lag.get_or_create(&labels(&[])).set(l as i64);
+        }
+        None => m.queue_lag.clear(),
+    }
+    m.queue_delayed.set(v.stats.delayed as i64);
+    let kinds = q.pending_by_kind(10_000).await.map_err(|e| e.to_string())?;
+    crate::metrics::set_by_kind(&m.by_kind, kinds);
+    Ok(())
+}
+
+pub(super) async fn serve(cfg: &Config, a: ServeArgs) -> Result<(), CtlError> {
+    let addr: SocketAddr = match a.listen {
+        Some(l) => l,
+        None => cfg.metrics.spawner_listen.parse().map_err(|e| {
+            CtlError(
+                exit::CONFIG,
+                format!(
+                    "metrics.spawner-listen {:?} is not IP:PORT ({e}); set it or pass --listen",
+                    cfg.metrics.spawner_listen
+                ),
+            )
+        })?,
+    };
+    let q = super::connect(cfg).await?;
+    let mut reg = crate::metrics::new_registry();
+    let m = ExporterMetrics::register(&mut reg);
+    // The first read must work: an exporter that starts with wrong zeros
+    // would tell an autoscaler the queue is empty.
+    refresh(cfg, &q, &m)
+        .await
+        .map_err(|e| unavailable(format!("reading the queue from Redis: {e}")))?;
+    m.redis_up.set(1);
+    let reg: SharedRegistry = Arc::new(std::sync::Mutex::new(reg));
+    let local = crate::metrics::serve(addr, reg).await.map_err(|e| {
+        CtlError(
+            exit::UNAVAILABLE,
+            format!("cannot listen on {addr}: {e} (another exporter or peagen-spawnerd on it? pass --listen)"),
+        )
+    })?;
+    tracing::info!(listen = %local, "metrics exporter up");
+    println!("serving http://{local}/metrics");
+    let every = Duration::from_millis(a.interval_ms);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| CtlError(exit::FAILURE, format!("cannot watch SIGTERM: {e}")))?;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = term.recv() => return Ok(()),
+        }
+        match refresh(cfg, &q, &m).await {
+            Ok(()) => {
+                m.redis_up.set(1);
+            }
+            Err(e) => {
+                // Keep the last values; exporter_redis_up says they are stale.
+                m.redis_up.set(0);
+                eprintln!(
+                    "peagenctl: reading the queue from Redis failed: {e}; serving the last values"
+                );
+            }
+        }
+    }
+}
