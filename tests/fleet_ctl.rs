@@ -131,6 +131,20 @@ fn metrics_serve_exports_queue_work_and_fleet_gauges() {
         m.contains("peagen_redis_queue_pending{stream=\"peagen.tasks\"} 0"),
         "{m}"
     );
+    // Every exported name is in the metric contract.
+    let contract = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/prometheus/metric-names.txt"),
+    )
+    .unwrap();
+    let names: Vec<&str> = contract
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .collect();
+    for line in m.lines().filter(|l| l.starts_with("peagen_")) {
+        let name = line.split(['{', ' ']).next().unwrap();
+        assert!(names.contains(&name), "{name} is not in metric-names.txt");
+    }
     // The queue grows: the next reads follow it.
     push_n(&r, &cfg, 10);
     eventually(LONG, "queue work 20, desired 10", || {
