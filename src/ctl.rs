@@ -296,6 +296,57 @@ async fn connect(cfg: &Config) -> Result<Queue, CtlError> {
     Ok(q)
 }
 
+/// `--reclaim` of `metrics serve` and `autoscale --compose`: the orphan
+/// sweep of `peagen-spawnerd` for pools without one. Entries idle longer
+/// than `spawner.reclaim-min-idle-ms` (their worker stopped refreshing
+/// them: it is gone) are re-queued with attempts+1 or dead-lettered.
+struct Reclaimer {
+    every: std::time::Duration,
+    last: Option<std::time::Instant>,
+    claimer: String,
+    host: String,
+}
+
+impl Reclaimer {
+    fn new(cfg: &Config) -> Self {
+        let host = crate::telemetry::hostname();
+        Reclaimer {
+            every: std::time::Duration::from_secs(cfg.spawner.reclaim_interval_secs.max(1)),
+            last: None,
+            claimer: format!("peagenctl-{host}"),
+            host,
+        }
+    }
+
+    /// Sweep if the interval has passed (and on the first call).
+    async fn tick(&mut self, cfg: &Config, q: &Queue) {
+        let now = std::time::Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < self.every)
+        {
+            return;
+        }
+        self.last = Some(now);
+        match q
+            .autoclaim_orphans(
+                &self.claimer,
+                cfg.spawner.reclaim_min_idle_ms,
+                cfg.worker.max_attempts,
+                &self.host,
+            )
+            .await
+        {
+            Ok(r) if r.requeued + r.dead_lettered > 0 => eprintln!(
+                "peagenctl: orphan sweep re-queued {} and dead-lettered {} task(s) of gone workers",
+                r.requeued, r.dead_lettered
+            ),
+            Ok(_) => {}
+            Err(e) => eprintln!("peagenctl: orphan sweep failed: {e}; retrying next interval"),
+        }
+    }
+}
+
 async fn run(cli: Cli, cfg: Config) -> Result<(), CtlError> {
     match cli.cmd {
         Cmd::Push(a) => push(&cfg, a, cli.json).await,

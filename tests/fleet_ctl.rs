@@ -263,14 +263,15 @@ exit 0
 /// `autoscale --compose worker` runs `docker compose up -d --no-recreate
 /// --scale worker=N` with the policy's count: up when work arrives, back
 /// up when replicas vanish, down when the queue empties (window 0 here; the
-/// window itself is unit-tested in src/ctl/autoscale.rs).
+/// window itself is unit-tested in src/ctl/autoscale.rs); with `--reclaim` it
+/// re-queues what a dead container held.
 #[test]
 fn autoscale_compose_scales_the_service_with_the_policy() {
     let r = Redis::start();
     let dir = tempfile::tempdir().unwrap();
     let cfg = support::write_config(
         dir.path(),
-        "[spawner]\nmin = 1\nmax = 32\nwarm-pool = 0\ntasks-per-worker = 2\nscale-down-window-secs = 0\n",
+        "[spawner]\nmin = 1\nmax = 32\nwarm-pool = 0\ntasks-per-worker = 2\nscale-down-window-secs = 0\nreclaim-min-idle-ms = 200\nreclaim-interval-secs = 1\n",
     );
     let (bin_dir, log, state) = stand_in_docker(dir.path());
     let path = format!(
@@ -279,12 +280,31 @@ fn autoscale_compose_scales_the_service_with_the_policy() {
         std::env::var("PATH").unwrap_or_default()
     );
     push_n(&r, &cfg, 10);
+    // A container that died holding a task (--reclaim re-queues it).
+    r.cli(&[
+        "XREADGROUP",
+        "GROUP",
+        "peagen",
+        "gone-ctr",
+        "COUNT",
+        "1",
+        "STREAMS",
+        "peagen.tasks",
+        ">",
+    ]);
     let compose_file = dir.path().join("docker-compose.yml");
     let _p = Proc(
         Command::new(bin("peagenctl"))
             .arg("--config")
             .arg(&cfg)
-            .args(["autoscale", "--compose", "worker", "--interval-ms", "200"])
+            .args([
+                "autoscale",
+                "--compose",
+                "worker",
+                "--interval-ms",
+                "200",
+                "--reclaim",
+            ])
             .arg("--compose-file")
             .arg(&compose_file)
             .env("PEAGEN_REDIS_URL", r.url())
@@ -310,14 +330,21 @@ fn autoscale_compose_scales_the_service_with_the_policy() {
         calls.contains(&format!("compose -f {cf} ps -q worker")),
         "{calls}"
     );
+    eventually(LONG, "the dead container's task re-queued", || {
+        r.cli(&["XPENDING", "peagen.tasks", "peagen"])
+            .lines()
+            .next()
+            == Some("0")
+    });
     // Two replicas die: the next pass sees 3 running and scales back to 5.
     std::fs::write(&state, "3").unwrap();
     eventually(LONG, "back to 5 after replicas vanished", || {
         read(&state).trim() == "5" && read(&log).matches("--scale worker=5").count() >= 2
     });
-    // The queue empties: down to min 1.
-    r.cli(&["XTRIM", "peagen.tasks", "MAXLEN", "0"]);
+    // A real worker runs the tasks, the queue empties: down to min 1.
+    let mut w = support::WorkerProc::start(&r, &cfg, "drainer", &[]);
     eventually(LONG, "scaled down to 1", || read(&state).trim() == "1");
+    w.kill9();
     assert!(read(&log).contains("--scale worker=1"));
 }
 
@@ -409,4 +436,55 @@ fn workers_lists_every_hosts_workers() {
     let text = ctl_ok(&r, Some(&cfg), &["workers"]);
     let line = text.lines().find(|l| l.contains(&b)).unwrap();
     assert!(line.starts_with("box-b "), "{text}");
+}
+
+/// Without a spawner nobody re-queues what a gone worker held: `metrics
+/// serve --reclaim` runs the spawner's orphan sweep (attempts+1).
+#[test]
+fn metrics_serve_reclaim_requeues_a_gone_workers_task() {
+    let r = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        "reclaim-min-idle-ms = 200\nreclaim-interval-secs = 1\n",
+    );
+    push_n(&r, &cfg, 1);
+    // A worker (a deleted pod) took it and is gone.
+    r.cli(&[
+        "XREADGROUP",
+        "GROUP",
+        "peagen",
+        "gone-pod",
+        "COUNT",
+        "1",
+        "STREAMS",
+        "peagen.tasks",
+        ">",
+    ]);
+    let pending = || {
+        r.cli(&["XPENDING", "peagen.tasks", "peagen"])
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    };
+    assert_eq!(pending(), "1");
+    let _p = Proc(
+        Command::new(bin("peagenctl"))
+            .arg("--config")
+            .arg(&cfg)
+            .args(["metrics", "serve", "--reclaim", "--listen", "127.0.0.1:0"])
+            .args(["--interval-ms", "200"])
+            .env("PEAGEN_REDIS_URL", r.url())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let task = eventually(LONG, "the task re-queued with attempts 1", || {
+        let d = r.stream_data("peagen.tasks");
+        (pending() == "0" && d.len() == 1 && d[0]["attempts"] == 1).then(|| d[0].clone())
+    });
+    assert_eq!(task["kind"], "echo");
 }

@@ -97,6 +97,7 @@ complete -c peagenctl -n "__fish_peagenctl_using_subcommand metrics; and not __f
 complete -c peagenctl -n "__fish_peagenctl_using_subcommand metrics; and __fish_seen_subcommand_from serve" -l listen -d 'IP:PORT to serve GET /metrics on (default: metrics.spawner-listen)' -r
 complete -c peagenctl -n "__fish_peagenctl_using_subcommand metrics; and __fish_seen_subcommand_from serve" -l interval-ms -d 'Milliseconds between reads of the queue and the fleet record' -r
 complete -c peagenctl -n "__fish_peagenctl_using_subcommand metrics; and __fish_seen_subcommand_from serve" -s c -l config -d 'Config file (default /etc/peagen/peagen.toml if it exists, else built-in defaults)' -r -F
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand metrics; and __fish_seen_subcommand_from serve" -l reclaim -d 'Also re-queue the tasks of gone workers (the orphan sweep of peagen-spawnerd, every spawner.reclaim-interval-secs): for pools without a spawner. Run it in one process per queue'
 complete -c peagenctl -n "__fish_peagenctl_using_subcommand metrics; and __fish_seen_subcommand_from serve" -l json -d 'Machine-readable JSON output'
 complete -c peagenctl -n "__fish_peagenctl_using_subcommand metrics; and __fish_seen_subcommand_from serve" -s h -l help -d 'Print help'
 complete -c peagenctl -n "__fish_peagenctl_using_subcommand metrics; and __fish_seen_subcommand_from help" -f -a "serve" -d 'Serve GET /metrics (queue work, fleet hosts and desired count, queue gauges) read from Redis every interval; runs until SIGTERM'
@@ -108,6 +109,7 @@ complete -c peagenctl -n "__fish_peagenctl_using_subcommand autoscale" -l interv
 complete -c peagenctl -n "__fish_peagenctl_using_subcommand autoscale" -s c -l config -d 'Config file (default /etc/peagen/peagen.toml if it exists, else built-in defaults)' -r -F
 complete -c peagenctl -n "__fish_peagenctl_using_subcommand autoscale" -l print-desired -d 'Print the desired worker count for the live queue and exit'
 complete -c peagenctl -n "__fish_peagenctl_using_subcommand autoscale" -l watch -d 'With --print-desired: print it every interval instead of once'
+complete -c peagenctl -n "__fish_peagenctl_using_subcommand autoscale" -l reclaim -d 'With --compose: also re-queue the tasks of gone workers (the orphan sweep of peagen-spawnerd, every spawner.reclaim-interval-secs); Compose restarts no consumer that died with a task'
 complete -c peagenctl -n "__fish_peagenctl_using_subcommand autoscale" -l json -d 'Machine-readable JSON output'
 complete -c peagenctl -n "__fish_peagenctl_using_subcommand autoscale" -s h -l help -d 'Print help'
 complete -c peagenctl -n "__fish_peagenctl_using_subcommand config; and not __fish_seen_subcommand_from validate show help" -s c -l config -d 'Config file (default /etc/peagen/peagen.toml if it exists, else built-in defaults)' -r -F

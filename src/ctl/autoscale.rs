@@ -36,6 +36,11 @@ pub struct AutoscaleArgs {
     /// Milliseconds between decisions.
     #[arg(long, default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
     pub interval_ms: u64,
+    /// With --compose: also re-queue the tasks of gone workers (the orphan
+    /// sweep of peagen-spawnerd, every spawner.reclaim-interval-secs);
+    /// Compose restarts no consumer that died with a task.
+    #[arg(long, requires = "compose")]
+    pub reclaim: bool,
 }
 
 /// The scale-down memory of the loop. Compose cannot say which replicas are
@@ -101,7 +106,11 @@ pub(super) async fn autoscale(
     // Nothing is scaled before both Redis and docker answered once.
     let mut running = compose.running(&service).await.map_err(unavailable)?;
     let mut scaler = Scaler::new(PolicyConfig::from(&cfg.spawner));
+    let mut reclaimer = a.reclaim.then(|| super::Reclaimer::new(cfg));
     loop {
+        if let Some(r) = &mut reclaimer {
+            r.tick(cfg, &q).await;
+        }
         match pool_view(cfg, &q).await {
             Err(e) => {
                 // As the spawner does: no reading, no change.

@@ -24,6 +24,11 @@ pub struct ServeArgs {
     /// Milliseconds between reads of the queue and the fleet record.
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
     pub interval_ms: u64,
+    /// Also re-queue the tasks of gone workers (the orphan sweep of
+    /// peagen-spawnerd, every spawner.reclaim-interval-secs): for pools
+    /// without a spawner. Run it in one process per queue.
+    #[arg(long)]
+    pub reclaim: bool,
 }
 
 /// The exporter's gauges: the fleet ones plus the queue gauges the spawner
@@ -129,9 +134,13 @@ pub(super) async fn serve(cfg: &Config, a: ServeArgs) -> Result<(), CtlError> {
     tracing::info!(listen = %local, "metrics exporter up");
     println!("serving http://{local}/metrics");
     let every = Duration::from_millis(a.interval_ms);
+    let mut reclaimer = a.reclaim.then(|| super::Reclaimer::new(cfg));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| CtlError(exit::FAILURE, format!("cannot watch SIGTERM: {e}")))?;
     loop {
+        if let Some(r) = &mut reclaimer {
+            r.tick(cfg, &q).await;
+        }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = tokio::signal::ctrl_c() => return Ok(()),
