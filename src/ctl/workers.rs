@@ -25,6 +25,8 @@ pub struct Row {
     /// starting | idle | busy | stopping | failed | inactive (from systemd on
     /// this host); idle | busy (from the queue for other hosts).
     pub state: String,
+    /// The worker's unit on this host; `None` elsewhere.
+    pub unit: Option<String>,
     /// systemd ActiveState/SubState on this host; `None` elsewhere.
     pub unit_state: Option<String>,
     pub pending: u64,
@@ -59,6 +61,7 @@ pub(crate) fn join(
             host_status: status(Some(me)),
             worker_id: r.worker_id.clone(),
             state: r.state.clone(),
+            unit: Some(r.unit.clone()),
             unit_state: Some(format!("{}/{}", r.active_state, r.sub_state)),
             pending: r.pending,
             idle_ms: by_name.get(r.worker_id.as_str()).map(|c| c.idle_ms),
@@ -75,6 +78,7 @@ pub(crate) fn join(
             host_status: status(host),
             worker_id: c.name.clone(),
             state: if c.pending > 0 { "busy" } else { "idle" }.into(),
+            unit: None,
             unit_state: None,
             pending: c.pending,
             idle_ms: Some(c.idle_ms),
@@ -205,6 +209,8 @@ mod tests {
         );
         // This host's row keeps systemd's view and gains Redis's idle time.
         assert_eq!(rows[1].unit_state.as_deref(), Some("active/running"));
+        assert_eq!(rows[1].unit.as_deref(), Some("peagen-worker@x.service"));
+        assert_eq!(rows[2].unit, None);
         assert_eq!(rows[1].idle_ms, Some(1500));
         assert_eq!(rows[0].current_task.as_deref(), Some("task-of-pod-7f9c"));
     }
