@@ -227,6 +227,33 @@ fn autoscale_print_desired_follows_the_queue() {
     assert_eq!(v["work"], 111);
     assert_eq!(v["desired"], 32);
     assert_eq!(v["live_hosts"], 0);
+    // --watch prints it again every interval, following the queue.
+    r.cli(&["DEL", "peagen.tasks"]);
+    let mut child = Command::new(bin("peagenctl"))
+        .arg("--config")
+        .arg(&cfg)
+        .args([
+            "autoscale",
+            "--print-desired",
+            "--watch",
+            "--interval-ms",
+            "200",
+        ])
+        .env("PEAGEN_REDIS_URL", r.url())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let _p = Proc(child);
+    assert_eq!(lines.next().unwrap().unwrap(), "1", "no stream: min");
+    push_n(&r, &cfg, 8);
+    let mut seen = Vec::new();
+    while seen.last().map(String::as_str) != Some("4") {
+        seen.push(lines.next().expect("watch output ended").unwrap());
+        // A bound on a hang (about a minute of output), not a timing check.
+        assert!(seen.len() < 300, "{seen:?}");
+    }
 }
 
 /// A stand-in `docker` first on PATH: records every call, keeps the
@@ -305,6 +332,7 @@ fn autoscale_compose_scales_the_service_with_the_policy() {
                 "200",
                 "--reclaim",
             ])
+            .args(["--project", "peagen"])
             .arg("--compose-file")
             .arg(&compose_file)
             .env("PEAGEN_REDIS_URL", r.url())
@@ -322,12 +350,12 @@ fn autoscale_compose_scales_the_service_with_the_policy() {
     let calls = read(&log);
     assert!(
         calls.contains(&format!(
-            "compose -f {cf} up -d --no-recreate --scale worker=5"
+            "compose -f {cf} -p peagen up -d --no-recreate --scale worker=5"
         )),
         "{calls}"
     );
     assert!(
-        calls.contains(&format!("compose -f {cf} ps -q worker")),
+        calls.contains(&format!("compose -f {cf} -p peagen ps -q worker")),
         "{calls}"
     );
     eventually(LONG, "the dead container's task re-queued", || {

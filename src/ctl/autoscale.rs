@@ -180,7 +180,8 @@ impl Compose {
         Ok(String::from_utf8_lossy(&o.stdout).into_owned())
     }
 
-    /// Running replicas of `service` (`docker compose ps -q SERVICE`).
+    /// Running replicas of `service` (`docker compose ps -q SERVICE`: running
+    /// containers only, Compose's default).
     async fn running(&self, service: &str) -> Result<u32, String> {
         let out = self.output(&["ps", "-q", service]).await?;
         Ok(out.lines().filter(|l| !l.trim().is_empty()).count() as u32)
