@@ -65,6 +65,27 @@ fn sample(text: &str, name: &str) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// Every exported `peagen_*` name is in the metric contract.
+fn assert_in_contract(scrape: &str) {
+    let contract = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/prometheus/metric-names.txt"),
+    )
+    .unwrap();
+    let names: Vec<&str> = contract
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .collect();
+    for line in scrape.lines().filter(|l| l.starts_with("peagen_")) {
+        let name = line.split(['{', ' ']).next().unwrap();
+        let base = ["_bucket", "_sum", "_count", "_created"]
+            .iter()
+            .find_map(|suf| name.strip_suffix(suf).filter(|b| names.contains(b)))
+            .unwrap_or(name);
+        assert!(names.contains(&base), "{name} is not in metric-names.txt");
+    }
+}
+
 async fn beat(r: &Redis, host: &str, max: u32) {
     let mut rc = Config::default().redis;
     rc.url = r.url();
@@ -131,20 +152,7 @@ fn metrics_serve_exports_queue_work_and_fleet_gauges() {
         m.contains("peagen_redis_queue_pending{stream=\"peagen.tasks\"} 0"),
         "{m}"
     );
-    // Every exported name is in the metric contract.
-    let contract = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/prometheus/metric-names.txt"),
-    )
-    .unwrap();
-    let names: Vec<&str> = contract
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.split_whitespace().nth(1))
-        .collect();
-    for line in m.lines().filter(|l| l.starts_with("peagen_")) {
-        let name = line.split(['{', ' ']).next().unwrap();
-        assert!(names.contains(&name), "{name} is not in metric-names.txt");
-    }
+    assert_in_contract(&m);
     // The queue grows: the next reads follow it.
     push_n(&r, &cfg, 10);
     eventually(LONG, "queue work 20, desired 10", || {
@@ -515,4 +523,53 @@ fn metrics_serve_reclaim_requeues_a_gone_workers_task() {
         (pending() == "0" && d.len() == 1 && d[0]["attempts"] == 1).then(|| d[0].clone())
     });
     assert_eq!(task["kind"], "echo");
+}
+
+/// `metrics serve --worker-counters` exports the workers' counters summed
+/// over every host's hash: a real worker's and another pod's.
+#[test]
+fn metrics_serve_sums_the_workers_counters() {
+    let r = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "");
+    push_n(&r, &cfg, 3);
+    // Another pod's flushed counters.
+    r.cli(&[
+        "HSET",
+        "peagen.tasks.metrics.pod-b",
+        "peagen_tasks_total{kind=\"echo\",status=\"ok\"}",
+        "2",
+    ]);
+    let mut w = support::WorkerProc::start(&r, &cfg, "counting-worker", &[]);
+    let mut child = Command::new(bin("peagenctl"))
+        .arg("--config")
+        .arg(&cfg)
+        .args([
+            "metrics",
+            "serve",
+            "--worker-counters",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--interval-ms", "200"])
+        .env("PEAGEN_REDIS_URL", r.url())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let _p = Proc(child);
+    let addr = first
+        .trim()
+        .trim_start_matches("serving http://")
+        .trim_end_matches("/metrics")
+        .to_string();
+    eventually(LONG, "3 + 2 echo tasks counted", || {
+        scrape(&addr).contains("peagen_tasks_total{kind=\"echo\",status=\"ok\"} 5\n")
+    });
+    assert_in_contract(&scrape(&addr));
+    w.kill9();
 }

@@ -1029,7 +1029,7 @@ _peagenctl() {
             return 0
             ;;
         peagenctl__subcmd__metrics__subcmd__serve)
-            opts="-c -h --listen --interval-ms --reclaim --config --json --help"
+            opts="-c -h --listen --interval-ms --reclaim --worker-counters --config --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

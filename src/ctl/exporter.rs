@@ -8,10 +8,11 @@ use super::{unavailable, CtlError};
 use crate::config::Config;
 use crate::exit;
 use crate::fleet_store::{pool_view, FleetMetrics};
-use crate::metrics::{labels, GaugeVec, SharedRegistry};
+use crate::metrics::{labels, FleetCollector, GaugeVec, Num, SharedRegistry};
 use crate::queue::Queue;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +30,11 @@ pub struct ServeArgs {
     /// without a spawner. Run it in one process per queue.
     #[arg(long)]
     pub reclaim: bool,
+    /// Also export the workers' counters and histograms (peagen_tasks_total,
+    /// ...), summed over every host's hash in Redis: for pools without
+    /// peagen-spawnerd, which exports them per host otherwise.
+    #[arg(long)]
+    pub worker_counters: bool,
 }
 
 /// The exporter's gauges: the fleet ones plus the queue gauges the spawner
@@ -40,10 +46,12 @@ struct ExporterMetrics {
     queue_delayed: Gauge,
     by_kind: GaugeVec,
     redis_up: Gauge,
+    /// The workers' counters, when exported (`--worker-counters`).
+    counters: Option<FleetCollector>,
 }
 
 impl ExporterMetrics {
-    fn register(reg: &mut Registry) -> Self {
+    fn register(reg: &mut Registry, worker_counters: bool) -> Self {
         let m = ExporterMetrics {
             fleet: FleetMetrics::register(reg),
             redis_pending: Default::default(),
@@ -51,7 +59,11 @@ impl ExporterMetrics {
             queue_delayed: Default::default(),
             by_kind: Default::default(),
             redis_up: Default::default(),
+            counters: worker_counters.then(FleetCollector::default),
         };
+        if let Some(c) = &m.counters {
+            reg.register_collector(Box::new(c.clone()));
+        }
         reg.register(
             "redis_queue_pending",
             "Entries delivered but not acknowledged (XPENDING), by stream",
@@ -99,7 +111,89 @@ async fn refresh(cfg: &Config, q: &Queue, m: &ExporterMetrics) -> Result<(), Str
     m.queue_delayed.set(v.stats.delayed as i64);
     let kinds = q.pending_by_kind(10_000).await.map_err(|e| e.to_string())?;
     crate::metrics::set_by_kind(&m.by_kind, kinds);
+    if let Some(c) = &m.counters {
+        c.set(worker_counters(cfg, q).await.map_err(|e| e.to_string())?);
+    }
     Ok(())
+}
+
+/// Every host's worker-counter hash (`<tasks-stream>.metrics.*`), summed.
+async fn worker_counters(
+    cfg: &Config,
+    q: &Queue,
+) -> Result<BTreeMap<String, String>, crate::queue::QueueError> {
+    let prefix = cfg.redis.fleet_metrics_key("");
+    let pattern = format!("{}*", glob_escape(&prefix));
+    let mut keys = Vec::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut q.connection())
+            .await?;
+        keys.extend(batch);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    keys.sort();
+    keys.dedup();
+    let mut hashes = Vec::with_capacity(keys.len());
+    for k in keys {
+        hashes.push(q.hash_all(&k).await?);
+    }
+    Ok(sum_hashes(&hashes))
+}
+
+/// `s` matched literally by a Redis glob pattern.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Field-wise sum of counter hashes (integers stay integers; a float in
+/// any of them makes the sum a float). Fields that are not numbers are
+/// skipped.
+fn sum_hashes(hashes: &[BTreeMap<String, String>]) -> BTreeMap<String, String> {
+    let mut sums: BTreeMap<&str, Num> = BTreeMap::new();
+    for h in hashes {
+        for (k, v) in h {
+            let n = if let Ok(u) = v.parse::<u64>() {
+                Num::Int(u)
+            } else if let Some(f) = v.parse::<f64>().ok().filter(|f| f.is_finite()) {
+                Num::Float(f)
+            } else {
+                continue;
+            };
+            let e = sums.entry(k).or_insert(Num::Int(0));
+            *e = match (*e, n) {
+                (Num::Int(a), Num::Int(b)) => Num::Int(a.saturating_add(b)),
+                (Num::Int(a), Num::Float(b)) => Num::Float(a as f64 + b),
+                (Num::Float(a), Num::Int(b)) => Num::Float(a + b as f64),
+                (Num::Float(a), Num::Float(b)) => Num::Float(a + b),
+            };
+        }
+    }
+    sums.into_iter()
+        .map(|(k, v)| {
+            let v = match v {
+                Num::Int(u) => u.to_string(),
+                Num::Float(f) => f.to_string(),
+            };
+            (k.to_string(), v)
+        })
+        .collect()
 }
 
 pub(super) async fn serve(cfg: &Config, a: ServeArgs) -> Result<(), CtlError> {
@@ -117,7 +211,7 @@ pub(super) async fn serve(cfg: &Config, a: ServeArgs) -> Result<(), CtlError> {
     };
     let q = super::connect(cfg).await?;
     let mut reg = crate::metrics::new_registry();
-    let m = ExporterMetrics::register(&mut reg);
+    let m = ExporterMetrics::register(&mut reg, a.worker_counters);
     // The first read must work: an exporter that starts with wrong zeros
     // would tell an autoscaler the queue is empty.
     refresh(cfg, &q, &m)
@@ -158,5 +252,38 @@ pub(super) async fn serve(cfg: &Config, a: ServeArgs) -> Result<(), CtlError> {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_are_summed_field_by_field() {
+        let h = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let sum = sum_hashes(&[
+            h(&[("a_total", "2"), ("b_total", "0.5"), ("bad", "x")]),
+            h(&[("a_total", "3"), ("b_total", "1"), ("c_total", "1")]),
+        ]);
+        assert_eq!(
+            sum,
+            h(&[("a_total", "5"), ("b_total", "1.5"), ("c_total", "1")])
+        );
+        assert!(sum_hashes(&[]).is_empty());
+    }
+
+    #[test]
+    fn glob_special_characters_are_escaped() {
+        assert_eq!(
+            glob_escape("{peagen}.tasks.metrics."),
+            "{peagen}.tasks.metrics."
+        );
+        assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
     }
 }
