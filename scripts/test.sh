@@ -68,6 +68,8 @@ step "cargo test -- --include-ignored (unit + integration, root-only ones includ
 cargo test -- --include-ignored --skip bench_
 step "scripts/check-supply-chain.sh: RustSec audit (offline snapshot) and cargo deny licenses/bans/sources (seconds)"
 ./scripts/check-supply-chain.sh
+step "scripts/check-recipes.sh: Kubernetes, KEDA and Compose recipes against their schemas, offline (seconds; the first run installs kubernetes-validate into a cached venv)"
+./scripts/check-recipes.sh
 for s in scripts/test-sandbox-unprivileged.sh clients/python/run-tests.sh scripts/check-units.sh scripts/check-promtool.sh scripts/check-packages.sh; do
     case $s in
         *unprivileged*) what="the sandbox battery as an unprivileged user (under a minute)" ;;

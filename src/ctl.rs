@@ -13,6 +13,13 @@ use serde_json::{json, Value};
 use std::io::Write;
 use std::path::PathBuf;
 
+mod autoscale;
+mod exporter;
+mod workers;
+
+pub use autoscale::AutoscaleArgs;
+pub use exporter::ServeArgs;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "peagenctl",
@@ -44,10 +51,18 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: QueueCmd,
     },
-    /// Workers known to the queue: consumer, pending, idle time, current task.
+    /// Workers of every host sharing the queue: host, state, pending, current task.
     Workers,
     /// Hosts sharing the queue: heartbeat age, workers by state, share, max.
     Fleet,
+    /// Queue and fleet metrics without systemd (Kubernetes, Compose).
+    Metrics {
+        #[command(subcommand)]
+        cmd: MetricsCmd,
+    },
+    /// Size a worker pool with the spawner's policy: print the desired count
+    /// or keep a Docker Compose service at it.
+    Autoscale(AutoscaleArgs),
     /// Configuration.
     Config {
         #[command(subcommand)]
@@ -148,6 +163,13 @@ pub enum DlqCmd {
         #[arg(long, conflicts_with = "ids")]
         all: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MetricsCmd {
+    /// Serve GET /metrics (queue work, fleet hosts and desired count, queue
+    /// gauges) read from Redis every interval; runs until SIGTERM.
+    Serve(ServeArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -274,6 +296,57 @@ async fn connect(cfg: &Config) -> Result<Queue, CtlError> {
     Ok(q)
 }
 
+/// `--reclaim` of `metrics serve` and `autoscale --compose`: the orphan
+/// sweep of `peagen-spawnerd` for pools without one. Entries idle longer
+/// than `spawner.reclaim-min-idle-ms` (their worker stopped refreshing
+/// them: it is gone) are re-queued with attempts+1 or dead-lettered.
+struct Reclaimer {
+    every: std::time::Duration,
+    last: Option<std::time::Instant>,
+    claimer: String,
+    host: String,
+}
+
+impl Reclaimer {
+    fn new(cfg: &Config) -> Self {
+        let host = crate::telemetry::hostname();
+        Reclaimer {
+            every: std::time::Duration::from_secs(cfg.spawner.reclaim_interval_secs.max(1)),
+            last: None,
+            claimer: format!("peagenctl-{host}"),
+            host,
+        }
+    }
+
+    /// Sweep if the interval has passed (and on the first call).
+    async fn tick(&mut self, cfg: &Config, q: &Queue) {
+        let now = std::time::Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < self.every)
+        {
+            return;
+        }
+        self.last = Some(now);
+        match q
+            .autoclaim_orphans(
+                &self.claimer,
+                cfg.spawner.reclaim_min_idle_ms,
+                cfg.worker.max_attempts,
+                &self.host,
+            )
+            .await
+        {
+            Ok(r) if r.requeued + r.dead_lettered > 0 => eprintln!(
+                "peagenctl: orphan sweep re-queued {} and dead-lettered {} task(s) of gone workers",
+                r.requeued, r.dead_lettered
+            ),
+            Ok(_) => {}
+            Err(e) => eprintln!("peagenctl: orphan sweep failed: {e}; retrying next interval"),
+        }
+    }
+}
+
 async fn run(cli: Cli, cfg: Config) -> Result<(), CtlError> {
     match cli.cmd {
         Cmd::Push(a) => push(&cfg, a, cli.json).await,
@@ -286,7 +359,11 @@ async fn run(cli: Cli, cfg: Config) -> Result<(), CtlError> {
         Cmd::Queue {
             cmd: QueueCmd::Dlq { cmd },
         } => dlq(&cfg, cmd, cli.json).await,
-        Cmd::Workers => workers(&cfg, cli.json).await,
+        Cmd::Workers => workers::workers(&cfg, cli.json).await,
+        Cmd::Metrics {
+            cmd: MetricsCmd::Serve(a),
+        } => exporter::serve(&cfg, a).await,
+        Cmd::Autoscale(a) => autoscale::autoscale(&cfg, a, cli.json).await,
         Cmd::Budget { cmd } => Ok(crate::llm::budget::cli(&cfg, cmd, cli.json).await?),
         Cmd::Fleet => {
             let q = connect(&cfg).await?;
@@ -626,61 +703,4 @@ fn with_dead_id(id: &str, r: &Value) -> Value {
         m.insert("dead_id".into(), id.into());
     }
     v
-}
-
-async fn workers(cfg: &Config, as_json: bool) -> Result<(), CtlError> {
-    // Units from systemd joined with what each consumer holds in Redis.
-    match crate::inventory::list_workers(cfg).await {
-        Ok(rows) => {
-            if as_json {
-                println!("{}", serde_json::to_string(&rows).unwrap_or_default());
-            } else {
-                println!("{:<36} {:<9} {:<22} {:>7}  current task", "worker id", "state", "unit state", "pending");
-                for r in rows {
-                    println!(
-                        "{:<36} {:<9} {:<22} {:>7}  {}",
-                        r.worker_id,
-                        r.state,
-                        format!("{}/{}", r.active_state, r.sub_state),
-                        r.pending,
-                        r.current_task.as_deref().unwrap_or("-")
-                    );
-                }
-            }
-            return Ok(());
-        }
-        Err(e) => eprintln!("peagenctl: cannot list worker units from systemd ({e}); showing queue consumers instead"),
-    }
-    let q = connect(cfg).await?;
-    let consumers = q.consumers().await.map_err(unavailable)?;
-    let mut rows = Vec::new();
-    for c in consumers {
-        let current = q.current_task_of(&c.name).await.map_err(unavailable)?;
-        rows.push(json!({
-            "worker_id": c.name,
-            "state": if c.pending > 0 { "busy" } else { "idle" },
-            "pending": c.pending,
-            "idle_ms": c.idle_ms,
-            "current_task": current,
-        }));
-    }
-    if as_json {
-        println!("{}", Value::Array(rows));
-    } else {
-        println!(
-            "{:<48} {:<6} {:>7} {:>9}  current task",
-            "worker id", "state", "pending", "idle"
-        );
-        for r in rows {
-            println!(
-                "{:<48} {:<6} {:>7} {:>8.1}s  {}",
-                r["worker_id"].as_str().unwrap_or(""),
-                r["state"].as_str().unwrap_or(""),
-                r["pending"].as_u64().unwrap_or(0),
-                r["idle_ms"].as_f64().unwrap_or(0.0) / 1000.0,
-                r["current_task"].as_str().unwrap_or("-")
-            );
-        }
-    }
-    Ok(())
 }

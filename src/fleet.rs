@@ -128,6 +128,25 @@ pub fn fleet_desired(cfg: &PolicyConfig, backlog: &Backlog, max_sum: u32) -> u32
     policy::desired(&c, backlog)
 }
 
+/// The desired worker count an external pool (Kubernetes, Compose, the
+/// `peagenctl` exporter and autoscaler) should have: with fleet-scope
+/// spawner hosts alive (`hosts` = their `(id, max)`), the fleet's desired
+/// count as those hosts compute it ([`fleet_desired`] over the sum of their
+/// `max`); with none, the host policy with the configured `max`
+/// ([`policy::desired`]). One function, so the exported gauge and the
+/// autoscaler never disagree with the spawners.
+pub fn pool_desired(cfg: &PolicyConfig, backlog: &Backlog, hosts: &[(String, u32)]) -> u32 {
+    if hosts.is_empty() {
+        return policy::desired(cfg, backlog);
+    }
+    let max_sum = hosts
+        .iter()
+        .map(|h| u64::from(h.1))
+        .sum::<u64>()
+        .min(u64::from(u32::MAX)) as u32;
+    fleet_desired(cfg, backlog, max_sum)
+}
+
 /// What one host aims for this pass. `hosts` is the fleet snapshot including
 /// this host; in host scope the fleet is ignored. Returns `(share, desired)`.
 pub fn target(
@@ -398,6 +417,26 @@ mod tests {
         let others = vec![("a".to_string(), 1000)];
         let (s, d) = target(ScaleScope::Fleet, "0", &c, &work(4000), &others);
         assert!(s <= 16 && d == 1016, "{s} {d}");
+    }
+
+    #[test]
+    fn pool_desired_is_the_spawners_count() {
+        // No spawner hosts: the seed's compose loop, max(1, min(32, work / 2)).
+        let c = cfg(1, 32, 0);
+        for (w, want) in [(0, 1), (1, 1), (3, 1), (10, 5), (64, 32), (1000, 32)] {
+            assert_eq!(pool_desired(&c, &work(w), &[]), want, "work {w}");
+        }
+        // Fleet-scope hosts alive: exactly what each of them computes.
+        let h = hs(&[16, 16, 16]);
+        let c = cfg(0, 16, 2);
+        for w in [0, 1, 7, 40, 500] {
+            assert_eq!(
+                pool_desired(&c, &work(w), &h),
+                target(ScaleScope::Fleet, "h1", &c, &work(w), &h).1,
+                "work {w}"
+            );
+        }
+        assert_eq!(pool_desired(&c, &work(40), &h), 22);
     }
 
     #[test]

@@ -378,6 +378,68 @@ impl FleetAgent {
     }
 }
 
+/// Every host in the fleet record (expired ones too, sorted by id) and the
+/// dead hosts whose hand-over is not finished. Read-only.
+pub async fn snapshot(cfg: &Config, q: &Queue) -> Result<(Vec<Host>, Vec<String>), FleetError> {
+    let keys = FleetKeys::new(&cfg.redis.tasks_stream);
+    let (_now, hosts, dead): (i64, Vec<RawHost>, Vec<String>) = redis::Script::new(SNAPSHOT_SCRIPT)
+        .key(&keys.hosts)
+        .key(&keys.seen)
+        .key(&keys.dead)
+        .invoke_async(&mut q.connection())
+        .await?;
+    // Sorted by host id (the order shares are dealt in), not Redis hash order.
+    let mut hosts = parse_hosts(hosts);
+    hosts.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok((hosts, dead))
+}
+
+/// The queue and the fleet as an external pool sees them (`peagenctl
+/// metrics serve`, `peagenctl autoscale`): read-only.
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolView {
+    #[serde(skip)]
+    pub stats: crate::queue::QueueStats,
+    /// Backlog plus in flight ([`Backlog::work`]).
+    pub work: u64,
+    /// Spawner hosts whose heartbeat is current (any scope).
+    pub live_hosts: usize,
+    /// [`fleet::pool_desired`] for this queue and fleet.
+    pub desired: u32,
+}
+
+/// Read the queue's stats and the fleet record once and compute the desired
+/// count with the spawners' own policy ([`fleet::pool_desired`]).
+pub async fn pool_view(cfg: &Config, q: &Queue) -> Result<PoolView, FleetError> {
+    let stats = q.stats().await?;
+    let timeout = cfg.spawner.fleet_host_timeout_ms;
+    let live: Vec<Host> = snapshot(cfg, q)
+        .await?
+        .0
+        .into_iter()
+        .filter(|h| h.age_ms <= timeout)
+        .collect();
+    // Host-scope spawners size themselves for the whole queue; only
+    // fleet-scope ones share the fleet's count.
+    let sharing: Vec<(String, u32)> = live
+        .iter()
+        .filter(|h| h.state.scope == fleet::ScaleScope::Fleet)
+        .map(|h| (h.id.clone(), h.state.max))
+        .collect();
+    let backlog = Backlog {
+        lag: stats.lag,
+        length: stats.length,
+        pending: stats.pending,
+    };
+    let desired = fleet::pool_desired(&PolicyConfig::from(&cfg.spawner), &backlog, &sharing);
+    Ok(PoolView {
+        work: backlog.work(),
+        live_hosts: live.len(),
+        desired,
+        stats,
+    })
+}
+
 /// One row of `peagenctl fleet`.
 #[derive(Debug, Clone, Serialize)]
 pub struct FleetRow {
@@ -395,17 +457,8 @@ pub struct FleetRow {
 /// `peagenctl fleet`: the hosts, their heartbeat age, workers by state,
 /// share and max. Returns the text to print.
 pub async fn ctl_fleet(cfg: &Config, q: &Queue, as_json: bool) -> Result<String, FleetError> {
-    let keys = FleetKeys::new(&cfg.redis.tasks_stream);
-    let (_now, hosts, dead): (i64, Vec<RawHost>, Vec<String>) = redis::Script::new(SNAPSHOT_SCRIPT)
-        .key(&keys.hosts)
-        .key(&keys.seen)
-        .key(&keys.dead)
-        .invoke_async(&mut q.connection())
-        .await?;
+    let (hosts, dead) = snapshot(cfg, q).await?;
     let timeout = cfg.spawner.fleet_host_timeout_ms;
-    // Sorted by host id (the order shares are dealt in), not Redis hash order.
-    let mut hosts = parse_hosts(hosts);
-    hosts.sort_by(|a, b| a.id.cmp(&b.id));
     let rows: Vec<FleetRow> = hosts
         .into_iter()
         .map(|h| FleetRow {

@@ -16,6 +16,9 @@ _peagenctl() {
             ",$1")
                 cmd="peagenctl"
                 ;;
+            peagenctl,autoscale)
+                cmd="peagenctl__subcmd__autoscale"
+                ;;
             peagenctl,budget)
                 cmd="peagenctl__subcmd__budget"
                 ;;
@@ -33,6 +36,9 @@ _peagenctl() {
                 ;;
             peagenctl,man)
                 cmd="peagenctl__subcmd__man"
+                ;;
+            peagenctl,metrics)
+                cmd="peagenctl__subcmd__metrics"
                 ;;
             peagenctl,push)
                 cmd="peagenctl__subcmd__push"
@@ -82,6 +88,9 @@ _peagenctl() {
             peagenctl__subcmd__config__subcmd__help,validate)
                 cmd="peagenctl__subcmd__config__subcmd__help__subcmd__validate"
                 ;;
+            peagenctl__subcmd__help,autoscale)
+                cmd="peagenctl__subcmd__help__subcmd__autoscale"
+                ;;
             peagenctl__subcmd__help,budget)
                 cmd="peagenctl__subcmd__help__subcmd__budget"
                 ;;
@@ -99,6 +108,9 @@ _peagenctl() {
                 ;;
             peagenctl__subcmd__help,man)
                 cmd="peagenctl__subcmd__help__subcmd__man"
+                ;;
+            peagenctl__subcmd__help,metrics)
+                cmd="peagenctl__subcmd__help__subcmd__metrics"
                 ;;
             peagenctl__subcmd__help,push)
                 cmd="peagenctl__subcmd__help__subcmd__push"
@@ -124,6 +136,9 @@ _peagenctl() {
             peagenctl__subcmd__help__subcmd__config,validate)
                 cmd="peagenctl__subcmd__help__subcmd__config__subcmd__validate"
                 ;;
+            peagenctl__subcmd__help__subcmd__metrics,serve)
+                cmd="peagenctl__subcmd__help__subcmd__metrics__subcmd__serve"
+                ;;
             peagenctl__subcmd__help__subcmd__queue,dlq)
                 cmd="peagenctl__subcmd__help__subcmd__queue__subcmd__dlq"
                 ;;
@@ -141,6 +156,18 @@ _peagenctl() {
                 ;;
             peagenctl__subcmd__help__subcmd__task,get)
                 cmd="peagenctl__subcmd__help__subcmd__task__subcmd__get"
+                ;;
+            peagenctl__subcmd__metrics,help)
+                cmd="peagenctl__subcmd__metrics__subcmd__help"
+                ;;
+            peagenctl__subcmd__metrics,serve)
+                cmd="peagenctl__subcmd__metrics__subcmd__serve"
+                ;;
+            peagenctl__subcmd__metrics__subcmd__help,help)
+                cmd="peagenctl__subcmd__metrics__subcmd__help__subcmd__help"
+                ;;
+            peagenctl__subcmd__metrics__subcmd__help,serve)
+                cmd="peagenctl__subcmd__metrics__subcmd__help__subcmd__serve"
                 ;;
             peagenctl__subcmd__queue,dlq)
                 cmd="peagenctl__subcmd__queue__subcmd__dlq"
@@ -212,12 +239,50 @@ _peagenctl() {
 
     case "${cmd}" in
         peagenctl)
-            opts="-c -h -V --config --json --help --version push task queue workers fleet config completions man budget help"
+            opts="-c -h -V --config --json --help --version push task queue workers fleet metrics autoscale config completions man budget help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        peagenctl__subcmd__autoscale)
+            opts="-c -h --print-desired --watch --compose --compose-file --project --interval-ms --reclaim --config --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --compose)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --compose-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --project)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --interval-ms)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -538,8 +603,22 @@ _peagenctl() {
             return 0
             ;;
         peagenctl__subcmd__help)
-            opts="push task queue workers fleet config completions man budget help"
+            opts="push task queue workers fleet metrics autoscale config completions man budget help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        peagenctl__subcmd__help__subcmd__autoscale)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -680,6 +759,34 @@ _peagenctl() {
         peagenctl__subcmd__help__subcmd__man)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        peagenctl__subcmd__help__subcmd__metrics)
+            opts="serve"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        peagenctl__subcmd__help__subcmd__metrics__subcmd__serve)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -839,6 +946,100 @@ _peagenctl() {
             fi
             case "${prev}" in
                 --dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        peagenctl__subcmd__metrics)
+            opts="-c -h --config --json --help serve help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        peagenctl__subcmd__metrics__subcmd__help)
+            opts="serve help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        peagenctl__subcmd__metrics__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        peagenctl__subcmd__metrics__subcmd__help__subcmd__serve)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        peagenctl__subcmd__metrics__subcmd__serve)
+            opts="-c -h --listen --interval-ms --reclaim --worker-counters --config --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --listen)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --interval-ms)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
