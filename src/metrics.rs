@@ -60,6 +60,9 @@ pub fn new_registry() -> Registry {
 #[derive(Clone)]
 pub struct WorkerMetrics {
     pub tasks: CounterVec,
+    /// Handler calls by `handler` = the task kind (a configured kind: the
+    /// worker looked its handler up), the denominator of `handler_fail`.
+    pub handler_calls: CounterVec,
     pub handler_fail: CounterVec,
     pub task_duration: HistogramVec,
     pub retried: Counter,
@@ -77,6 +80,7 @@ impl WorkerMetrics {
     pub fn new(reg: &mut Registry) -> Self {
         let m = WorkerMetrics {
             tasks: Family::default(),
+            handler_calls: Family::default(),
             handler_fail: Family::default(),
             task_duration: Family::new_with_constructor(duration_histogram as fn() -> Histogram),
             retried: Counter::default(),
@@ -94,8 +98,13 @@ impl WorkerMetrics {
             m.tasks.clone(),
         );
         reg.register(
+            "handler_calls",
+            "Handler calls (executions, retries included; deferrals not), by handler = task kind",
+            m.handler_calls.clone(),
+        );
+        reg.register(
             "handler_fail",
-            "Failed handler executions, by handler",
+            "Handler calls that ended in an error, by handler = task kind",
             m.handler_fail.clone(),
         );
         reg.register(

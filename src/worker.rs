@@ -394,12 +394,17 @@ impl Worker {
         if let Some(after) = outcome.defer {
             return self.defer(&e, &task, after).await;
         }
+        // Calls and failures count the same thing (one execution each), so
+        // their ratio is a share; labelled by kind: every command handler's
+        // name is "command", and a kind reaching here is a configured one.
+        let handler_l = labels(&[("handler", &task.kind)]);
+        self.metrics.handler_calls.get_or_create(&handler_l).inc();
+        // Created at 0 with the first call: rate() misses a series' first sample.
+        let fail = self.metrics.handler_fail.get_or_create(&handler_l);
         if outcome.status == Status::Error {
-            self.metrics
-                .handler_fail
-                .get_or_create(&labels(&[("handler", handler.name())]))
-                .inc();
+            fail.inc();
         }
+        drop(fail);
         let attempts_done = task.attempts.saturating_add(1);
         let record = ResultRecord {
             task_id: task.id.clone(),

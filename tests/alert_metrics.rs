@@ -1,0 +1,90 @@
+//! The counters the alerts divide and sum, as a real worker against a real
+//! redis-server produces them (read from the per-host hash the spawner
+//! exports): handler calls and failures per task kind, result-backend
+//! failures of the default stream backend.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+use support::*;
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn fleet_key() -> String {
+    peagen_fabric::config::RedisConfig::default()
+        .fleet_metrics_key(&peagen_fabric::telemetry::hostname())
+}
+
+fn hash(r: &Redis) -> BTreeMap<String, f64> {
+    // redis-cli without a TTY prints one item per line: field, value, ...
+    let raw = r.cli(&["HGETALL", &fleet_key()]);
+    let items: Vec<&str> = raw.lines().collect();
+    items
+        .chunks(2)
+        .filter(|c| c.len() == 2)
+        .map(|c| (c[0].to_string(), c[1].parse().unwrap()))
+        .collect()
+}
+
+fn field(r: &Redis, f: &str) -> f64 {
+    hash(r).get(f).copied().unwrap_or(0.0)
+}
+
+/// A command kind `flaky` that fails retryably (exit 75) on its first
+/// `fail_runs` runs, then succeeds; retries at once.
+fn flaky_cfg(dir: &std::path::Path, fail_runs: u32, extra: &str) -> std::path::PathBuf {
+    let script = dir.join("flaky.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ncat >/dev/null\necho run >> {r}\nif [ $(wc -l < {r}) -gt {fail_runs} ]; then echo '{{}}'; exit 0; fi\necho 'LLM 503' >&2\nexit 75\n",
+            r = dir.join("runs").display(),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    write_config(
+        dir,
+        &format!(
+            "[worker]\nidle-exit-secs = 0\nmax-uptime-secs = 0\npending-retry-secs = 1\nmax-attempts = 5\nretry-backoff-ms = 0\n{extra}[[handlers.command]]\nkind = \"flaky\"\nprogram = \"{}\"\n",
+            script.display()
+        ),
+    )
+}
+
+#[test]
+fn handler_calls_and_failures_are_counted_per_kind_and_bounded() {
+    let r = Redis::start();
+    let dir = tempfile::tempdir_in(scratch()).unwrap();
+    let cfg = flaky_cfg(dir.path(), 2, "");
+    let _w = WorkerProc::start(&r, &cfg, "w-calls", &[]);
+    push(&r, &cfg, "flaky", "flaky-1");
+    push(&r, &cfg, "echo", "echo-1");
+    let calls = r#"peagen_handler_calls_total{handler="flaky"}"#;
+    let fails = r#"peagen_handler_fail_total{handler="flaky"}"#;
+    // Two failed calls, then the retry that succeeds: 3 calls, 2 failures,
+    // one task finished (the old ratio fail/tasks was 2/1).
+    eventually(LONG, "3 flaky calls flushed", || field(&r, calls) == 3.0);
+    let h = hash(&r);
+    assert_eq!(h.get(fails), Some(&2.0), "{h:?}");
+    assert_eq!(
+        h.get(r#"peagen_handler_calls_total{handler="echo"}"#),
+        Some(&1.0),
+        "{h:?}"
+    );
+    assert_eq!(
+        h.get(r#"peagen_handler_fail_total{handler="echo"}"#),
+        Some(&0.0),
+        "a kind's failure series exists at 0 with its first call: {h:?}"
+    );
+    assert!(
+        !h.keys().any(|k| k.contains(r#"handler="command""#)),
+        "command kinds are labelled by kind: {h:?}"
+    );
+    assert_eq!(
+        h.get(r#"peagen_tasks_total{kind="flaky",status="ok"}"#),
+        Some(&1.0),
+        "{h:?}"
+    );
+}
