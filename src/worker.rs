@@ -441,6 +441,7 @@ impl Worker {
                             async move { q.complete(&id, &me, &tid, p.script_json()).await }
                         },
                         &e.id,
+                        prepared.script_json().is_some(),
                     )
                     .await;
                 self.metrics
@@ -472,6 +473,7 @@ impl Worker {
                             async move { q.retry(&id, &me, &n, delay_ms).await }
                         },
                         &e.id,
+                        false,
                     )
                     .await;
                 self.metrics.retried.inc();
@@ -514,6 +516,7 @@ impl Worker {
                     async move { q.retry(&id, &me, &t, delay_ms).await }
                 },
                 &e.id,
+                false,
             )
             .await;
         tracing::info!(task_id = %task.id, worker_id = %self.id, retry_in_ms = delay_ms,
@@ -633,7 +636,9 @@ impl Worker {
     /// Run a finishing script, retrying through Redis outages (the scripts
     /// are idempotent). Gives up only when stopping and the drain time is
     /// spent, leaving the entry pending for re-queue.
-    async fn finish<F, Fut>(&self, f: F, entry_id: &str) -> Option<Moved>
+    /// `writes_result`: the script also writes the result record (stream
+    /// backend), so a failed attempt is a result-backend failure too.
+    async fn finish<F, Fut>(&self, f: F, entry_id: &str, writes_result: bool) -> Option<Moved>
     where
         F: Fn(Arc<Queue>, String, String) -> Fut,
         Fut: std::future::Future<Output = Result<Moved, QueueError>>,
@@ -647,7 +652,10 @@ impl Worker {
                     // Keep the watchdog fed through a Redis outage: the task is
                     // done, only its acknowledgement is waiting.
                     notify(&[NotifyState::Watchdog]);
-                    tracing::warn!(worker_id = %self.id, entry_id, error = %e, "acknowledging failed; retrying");
+                    if writes_result {
+                        self.metrics.result_backend_fail.inc();
+                    }
+                    tracing::warn!(worker_id = %self.id, entry_id, error = %e, writes_result, "acknowledging failed; retrying");
                     if self.stopping() && Instant::now() > give_up {
                         return None;
                     }
@@ -717,6 +725,7 @@ impl Worker {
                     }
                 },
                 &e.id,
+                prepared.as_ref().is_some_and(|p| p.script_json().is_some()),
             )
             .await;
         self.moved_to_handled_id(moved, Handled::DeadLettered(reason.to_string()), task_id)

@@ -88,3 +88,31 @@ fn handler_calls_and_failures_are_counted_per_kind_and_bounded() {
         "{h:?}"
     );
 }
+
+#[test]
+fn stream_backend_result_write_failures_are_counted_while_retried() {
+    let r = Redis::start();
+    let dir = tempfile::tempdir_in(scratch()).unwrap();
+    // The default backend (stream): results go into peagen.results inside
+    // the finishing script. A string under that name makes its XADD fail
+    // (WRONGTYPE) before anything is written, as a full or failing Redis would.
+    let cfg = flaky_cfg(dir.path(), 0, "");
+    r.cli(&["SET", "peagen.results", "not a stream"]);
+    let w = WorkerProc::start(&r, &cfg, "w-results", &[]);
+    push(&r, &cfg, "echo", "res-1");
+    let f = "peagen_result_backend_fail_total";
+    eventually(LONG, "the failing result write counted", || {
+        field(&r, f) >= 1.0
+    });
+    assert_eq!(r.int(&["XLEN", "peagen.tasks"]), 1, "not acknowledged");
+    assert!(w.log_text().contains("acknowledging failed; retrying"));
+    // Redis is fixed: the retried write lands, the task is acknowledged.
+    r.cli(&["DEL", "peagen.results"]);
+    eventually(LONG, "acked after the fix", || {
+        r.int(&["XLEN", "peagen.tasks"]) == 0
+    });
+    assert!(r
+        .stream_data("peagen.results")
+        .iter()
+        .any(|v| v["task_id"] == "res-1" && v["status"] == "ok"));
+}
