@@ -739,7 +739,7 @@ pub(crate) const FLEET_FLUSH_EVERY: Duration = Duration::from_secs(5);
 pub(crate) async fn pending_gauge_loop(queue: Arc<Queue>, m: WorkerMetrics, every: Duration) {
     loop {
         if let Ok(by_kind) = queue.pending_by_kind(10_000).await {
-            crate::metrics::set_by_kind(&m.queue_pending, by_kind);
+            m.queue_pending.set(by_kind);
         }
         tokio::time::sleep(every).await;
     }

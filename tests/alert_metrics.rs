@@ -116,3 +116,72 @@ fn stream_backend_result_write_failures_are_counted_while_retried() {
         .iter()
         .any(|v| v["task_id"] == "res-1" && v["status"] == "ok"));
 }
+
+/// GET /metrics of `addr`.
+fn scrape(addr: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn pending_by_kind_is_counted_at_scrape_time_and_reads_zero_when_idle() {
+    use peagen_fabric::metrics::{new_registry, HookSlot, WorkerMetrics};
+    use std::sync::{Arc, Mutex};
+    let r = Redis::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut cfg = peagen_fabric::config::Config::default();
+    cfg.redis.url = r.url();
+    let mut reg = new_registry();
+    // The spawner's family is the same type and name as the worker's.
+    let m = WorkerMetrics::new(&mut reg);
+    m.queue_pending
+        .set_configured(peagen_fabric::handlers::Registry::configured_kinds(&cfg));
+    let hook = HookSlot::default();
+    let addr = rt.block_on(async {
+        let q = Arc::new(
+            peagen_fabric::queue::Queue::connect_for(&cfg)
+                .await
+                .unwrap(),
+        );
+        q.ensure_group().await.unwrap();
+        let _ = hook.set(peagen_fabric::spawner::pending_hook(
+            q,
+            m.queue_pending.clone(),
+        ));
+        peagen_fabric::metrics::serve_hooked(
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::new(Mutex::new(reg)),
+            hook.clone(),
+        )
+        .await
+        .unwrap()
+    });
+    let _rt_guard = rt.enter();
+    // Idle: the configured kind reads 0 (no "No data").
+    let s = scrape(addr);
+    assert!(
+        s.contains("peagen_queue_pending_total{kind=\"echo\"} 0\n"),
+        "{s}"
+    );
+    // A burst of 3: the very next scrape sees it (no tick in between).
+    let dir = tempfile::tempdir_in(scratch()).unwrap();
+    let c = write_config(dir.path(), "");
+    for i in 0..3 {
+        push(&r, &c, "echo", &format!("burst-{i}"));
+    }
+    let s = scrape(addr);
+    assert!(
+        s.contains("peagen_queue_pending_total{kind=\"echo\"} 3\n"),
+        "{s}"
+    );
+    r.cli(&["XTRIM", "peagen.tasks", "MAXLEN", "0"]);
+    let s = scrape(addr);
+    assert!(
+        s.contains("peagen_queue_pending_total{kind=\"echo\"} 0\n"),
+        "{s}"
+    );
+}
