@@ -30,6 +30,11 @@ use tokio::sync::{mpsc, Notify};
 const START_JOB_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often the per-kind and memory gauges are refreshed (they scan).
 const SLOW_GAUGES_EVERY: Duration = Duration::from_secs(10);
+/// A worker seen holding a task counts as busy in `peagen_workers` for this
+/// long after: under steady load a worker between two tasks holds nothing
+/// for a moment, and each pass that sampled that moment made the gauge flap.
+/// Only the gauge: the policy still sees it idle.
+pub(crate) const BUSY_GRACE: Duration = Duration::from_secs(3);
 
 type StartResult = (String, Result<crate::systemd::StartOutcome>);
 
@@ -48,6 +53,8 @@ struct Spawner {
     mem: Memory,
     /// Worker id -> since when it was seen idle (rebuilt after a restart).
     idle_since: HashMap<String, Instant>,
+    /// Worker id -> until when the gauge counts it busy ([`BUSY_GRACE`]).
+    busy_until: HashMap<String, Instant>,
     /// Start calls in flight (worker id -> started at), counted as starting.
     starting: HashMap<String, Instant>,
     /// Worker ids seen live in the previous tick, to notice units that vanished.
@@ -83,6 +90,20 @@ impl Spawner {
                 .reclaimed
                 .get_or_create(&labels(&[("outcome", outcome)]))
                 .inc_by(n);
+        }
+    }
+
+    /// A worker that died without counting its exit (killed, crashed) is
+    /// counted here as `worker_exit_reason{reason="error"}`, in the host's
+    /// hash where the workers count theirs, so the alert sees crashes.
+    async fn count_crash(&self, worker_id: &str) {
+        let key = self.cfg.redis.fleet_metrics_key(&self.host);
+        let field = crate::metrics::series_text(
+            "peagen_worker_exit_reason_total",
+            &labels(&[("reason", "error")]),
+        );
+        if let Err(e) = self.queue.hash_incr(&key, &[(field, 1)], &[]).await {
+            tracing::warn!(worker_id, key, error = %e, "cannot count the failed worker's exit (reason=error); this exit is lost");
         }
     }
 
@@ -165,8 +186,15 @@ impl Spawner {
             if !reclaimed {
                 continue;
             }
-            if let Err(e) = self.sd.reset_failed(&u.unit).await {
-                tracing::debug!(unit = %u.unit, error = %e, "ResetFailedUnit failed");
+            match self.sd.reset_failed(&u.unit).await {
+                // Counted once: after the reset the unit is not listed again.
+                Ok(())
+                    if u.active_state == "failed" && uncounted_failure(&result, code, status) =>
+                {
+                    self.count_crash(&u.worker_id).await
+                }
+                Ok(()) => {}
+                Err(e) => tracing::debug!(unit = %u.unit, error = %e, "ResetFailedUnit failed"),
             }
             self.idle_since.remove(&u.worker_id);
         }
@@ -199,6 +227,8 @@ impl Spawner {
                 UnitState::Stopping => WorkerState::Stopping,
                 UnitState::Busy => {
                     self.idle_since.remove(&u.worker_id);
+                    self.busy_until
+                        .insert(u.worker_id.clone(), now + BUSY_GRACE);
                     WorkerState::Busy
                 }
                 UnitState::Idle => WorkerState::Idle {
@@ -221,6 +251,7 @@ impl Spawner {
             }
         }
         self.idle_since.retain(|id, _| seen.contains(id));
+        self.busy_until.retain(|id, _| seen.contains(id));
 
         let backlog = Backlog {
             lag: stats.lag,
@@ -315,15 +346,7 @@ impl Spawner {
         st: &QueueStats,
         now: Instant,
     ) {
-        let mut n = [0i64; 4];
-        for v in views {
-            n[match v.state {
-                WorkerState::Starting => 0,
-                WorkerState::Idle { .. } => 1,
-                WorkerState::Busy => 2,
-                WorkerState::Stopping => 3,
-            }] += 1;
-        }
+        let n = gauge_counts(views, &self.busy_until, now);
         for (i, s) in ["starting", "idle", "busy", "stopping"].iter().enumerate() {
             self.m
                 .workers
@@ -357,8 +380,10 @@ impl Spawner {
             .is_none_or(|t| now.duration_since(t) >= SLOW_GAUGES_EVERY)
         {
             self.last_slow_gauges = Some(now);
+            // Also refreshed at each scrape (pending_hook); this keeps
+            // the status line's source and unscraped spawners current.
             if let Ok(kinds) = self.queue.pending_by_kind(10_000).await {
-                crate::metrics::set_by_kind(&self.m.queue_pending_by_kind, kinds);
+                self.m.queue_pending_by_kind.set(kinds);
             }
             let r = &self.cfg.redis;
             for s in [&r.tasks_stream, &r.results_stream, &r.dead_stream] {
@@ -461,6 +486,9 @@ impl Spawner {
                     self.breaker = old;
                 }
                 let redis = self.cfg.redis.clone();
+                self.m
+                    .queue_pending_by_kind
+                    .set_configured(crate::handlers::Registry::configured_kinds(&new));
                 self.cfg = new;
                 self.cfg.redis = redis;
                 tracing::info!("configuration reloaded");
@@ -472,6 +500,54 @@ impl Spawner {
             }
         }
     }
+}
+
+/// `peagen_workers{state}` counts (starting, idle, busy, stopping): an idle
+/// worker still inside its [`BUSY_GRACE`] counts as busy.
+fn gauge_counts(
+    views: &[WorkerView],
+    busy_until: &HashMap<String, Instant>,
+    now: Instant,
+) -> [i64; 4] {
+    let mut n = [0i64; 4];
+    for v in views {
+        n[match v.state {
+            WorkerState::Starting => 0,
+            WorkerState::Idle { .. } if busy_until.get(&v.id).is_some_and(|t| *t > now) => 2,
+            WorkerState::Idle { .. } => 1,
+            WorkerState::Busy => 2,
+            WorkerState::Stopping => 3,
+        }] += 1;
+    }
+    n
+}
+
+/// A failed worker unit that the worker did not count itself: everything
+/// but its own error exit (status 1, after adding `reason="error"` to the
+/// host's hash): kills, crashes, watchdog, start failures. `code` is
+/// `ExecMainCode` (1 = exited).
+pub(crate) fn uncounted_failure(result: &str, code: i32, status: i32) -> bool {
+    !(result == "exit-code" && code == 1 && status == crate::exit::FAILURE)
+}
+
+/// The scrape hook of the spawner's endpoint: `queue_pending_total{kind}`
+/// counted when Prometheus asks (a burst's peak shows at the scrape
+/// interval, not the tick's 10 s), configured kinds at 0 while idle.
+pub fn pending_hook(
+    queue: Arc<Queue>,
+    gauge: crate::metrics::KindGauge,
+) -> crate::metrics::ScrapeHook {
+    Arc::new(move || {
+        let (q, g) = (queue.clone(), gauge.clone());
+        Box::pin(async move {
+            match q.pending_by_kind(10_000).await {
+                Ok(kinds) => g.set(kinds),
+                Err(e) => {
+                    tracing::debug!(error = %e, "scrape: cannot count pending tasks by kind; serving the last counts")
+                }
+            }
+        })
+    })
 }
 
 /// What the program's entry point asks of the daemon (it owns the signals:
@@ -689,17 +765,22 @@ pub(crate) async fn run(
     let mut cfg = cfg;
     let mut reg = crate::metrics::new_registry();
     let m = SpawnerMetrics::new(&mut reg);
+    m.queue_pending_by_kind
+        .set_configured(crate::handlers::Registry::configured_kinds(&cfg));
     let fleet_m = crate::fleet_store::FleetMetrics::register(&mut reg);
     let reg: SharedRegistry = Arc::new(std::sync::Mutex::new(reg));
+    let scrape_hook = crate::metrics::HookSlot::default();
     if !cfg.metrics.spawner_listen.is_empty() {
         match cfg.metrics.spawner_listen.parse() {
-            Ok(addr) => match crate::metrics::serve(addr, reg.clone()).await {
-                Ok(local) => tracing::info!(listen = %local, "metrics endpoint up"),
-                Err(e) => {
-                    tracing::error!(listen = %addr, error = %e, "cannot serve metrics");
-                    return crate::exit::UNAVAILABLE;
+            Ok(addr) => {
+                match crate::metrics::serve_hooked(addr, reg.clone(), scrape_hook.clone()).await {
+                    Ok(local) => tracing::info!(listen = %local, "metrics endpoint up"),
+                    Err(e) => {
+                        tracing::error!(listen = %addr, error = %e, "cannot serve metrics");
+                        return crate::exit::UNAVAILABLE;
+                    }
                 }
-            },
+            }
             Err(e) => {
                 tracing::error!(error = %e, "metrics.spawner-listen is not IP:PORT");
                 return crate::exit::CONFIG;
@@ -727,6 +808,8 @@ pub(crate) async fn run(
             }
         }
     };
+    let queue = Arc::new(queue);
+    let _ = scrape_hook.set(pending_hook(queue.clone(), m.queue_pending_by_kind.clone()));
     let (start_tx, mut start_rx) = mpsc::unbounded_channel();
     let wake = Arc::new(Notify::new());
     let s = &cfg.spawner;
@@ -739,7 +822,7 @@ pub(crate) async fn run(
         cfg: cfg.clone(),
         cfg_path,
         sd,
-        queue: Arc::new(queue),
+        queue,
         m,
         host: crate::telemetry::hostname(),
         host_id: crate::fleet::host_id(&cfg.spawner.host_id),
@@ -750,6 +833,7 @@ pub(crate) async fn run(
         ),
         mem: Memory::default(),
         idle_since: HashMap::new(),
+        busy_until: HashMap::new(),
         starting: HashMap::new(),
         live_prev: HashSet::new(),
         start_tx,
@@ -896,4 +980,51 @@ fn spawn_watcher(sd: &Systemd, wake: Arc<Notify>) -> tokio::task::JoinHandle<()>
         }
         wake.notify_one();
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_between_two_tasks_counts_busy_within_the_grace() {
+        let now = Instant::now();
+        let idle = |id: &str| WorkerView {
+            id: id.into(),
+            state: WorkerState::Idle { since: now },
+        };
+        let views = vec![
+            idle("between-tasks"),
+            idle("long-idle"),
+            WorkerView {
+                id: "busy".into(),
+                state: WorkerState::Busy,
+            },
+            WorkerView {
+                id: "stopping".into(),
+                state: WorkerState::Stopping,
+            },
+        ];
+        let busy_until = HashMap::from([
+            ("between-tasks".to_string(), now + BUSY_GRACE),
+            ("long-idle".to_string(), now - Duration::from_millis(1)),
+        ]);
+        assert_eq!(gauge_counts(&views, &busy_until, now), [0, 1, 2, 1]);
+        // After the grace it is idle.
+        assert_eq!(
+            gauge_counts(&views, &busy_until, now + BUSY_GRACE),
+            [0, 2, 1, 1]
+        );
+    }
+
+    #[test]
+    fn only_the_workers_own_error_exit_is_left_uncounted() {
+        assert!(!uncounted_failure("exit-code", 1, crate::exit::FAILURE));
+        assert!(uncounted_failure("signal", 2, 9), "SIGKILL");
+        assert!(uncounted_failure("core-dump", 3, 6), "abort");
+        assert!(uncounted_failure("exit-code", 1, 101), "panic");
+        assert!(uncounted_failure("exit-code", 1, crate::exit::CONFIG));
+        assert!(uncounted_failure("watchdog", 2, 6));
+        assert!(uncounted_failure("unknown", 0, 0));
+    }
 }
