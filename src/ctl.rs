@@ -14,7 +14,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 mod autoscale;
-mod exporter;
+pub(crate) mod exporter;
 mod workers;
 
 pub use autoscale::AutoscaleArgs;

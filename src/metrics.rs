@@ -69,7 +69,7 @@ impl KindGauge {
         k.1 = now;
     }
 
-    fn family(&self) -> GaugeVec {
+    pub(crate) fn family(&self) -> GaugeVec {
         self.gauge.clone()
     }
 }
@@ -376,6 +376,10 @@ mod tests {
             .set(BTreeMap::from([("k".into(), 1)]));
         let mut got = declared(&render(&w));
         got.extend(declared(&render(&sp)));
+        // `peagenctl metrics serve`: the spawner's queue gauges and its own.
+        got.extend(declared(
+            &render(&crate::ctl::exporter::contract_registry()),
+        ));
         // Counters are rendered with `_total` already in the TYPE line of
         // some encoders; normalise `_total_total`.
         let got: std::collections::BTreeSet<(String, String)> = got

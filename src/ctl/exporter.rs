@@ -44,7 +44,7 @@ struct ExporterMetrics {
     redis_pending: GaugeVec,
     queue_lag: GaugeVec,
     queue_delayed: Gauge,
-    by_kind: GaugeVec,
+    by_kind: crate::metrics::KindGauge,
     redis_up: Gauge,
     /// The workers' counters, when exported (`--worker-counters`).
     counters: Option<FleetCollector>,
@@ -82,7 +82,7 @@ impl ExporterMetrics {
         reg.register(
             "queue_pending_total",
             "Unfinished tasks in the queue (backlog + in flight), by kind",
-            m.by_kind.clone(),
+            m.by_kind.family(),
         );
         reg.register(
             "exporter_redis_up",
@@ -91,6 +91,19 @@ impl ExporterMetrics {
         );
         m
     }
+}
+
+/// The exporter's families with a series each, for the metric contract test.
+#[cfg(test)]
+pub(crate) fn contract_registry() -> Registry {
+    let mut reg = crate::metrics::new_registry();
+    let m = ExporterMetrics::register(&mut reg, false);
+    m.redis_pending
+        .get_or_create(&labels(&[("stream", "s")]))
+        .set(1);
+    m.queue_lag.get_or_create(&labels(&[])).set(1);
+    m.by_kind.set(BTreeMap::from([("k".into(), 1)]));
+    reg
 }
 
 /// One read of Redis into the gauges.
@@ -110,7 +123,7 @@ async fn refresh(cfg: &Config, q: &Queue, m: &ExporterMetrics) -> Result<(), Str
     }
     m.queue_delayed.set(v.stats.delayed as i64);
     let kinds = q.pending_by_kind(10_000).await.map_err(|e| e.to_string())?;
-    crate::metrics::set_by_kind(&m.by_kind, kinds);
+    m.by_kind.set(kinds);
     if let Some(c) = &m.counters {
         c.set(worker_counters(cfg, q).await.map_err(|e| e.to_string())?);
     }
@@ -212,6 +225,9 @@ pub(super) async fn serve(cfg: &Config, a: ServeArgs) -> Result<(), CtlError> {
     let q = super::connect(cfg).await?;
     let mut reg = crate::metrics::new_registry();
     let m = ExporterMetrics::register(&mut reg, a.worker_counters);
+    // As the spawner: configured kinds read 0 while idle, not "No data".
+    m.by_kind
+        .set_configured(crate::handlers::Registry::configured_kinds(cfg));
     // The first read must work: an exporter that starts with wrong zeros
     // would tell an autoscaler the queue is empty.
     refresh(cfg, &q, &m)
