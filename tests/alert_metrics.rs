@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 use support::*;
 
@@ -16,19 +15,8 @@ fn fleet_key() -> String {
         .fleet_metrics_key(&peagen_fabric::telemetry::hostname())
 }
 
-fn hash(r: &Redis) -> BTreeMap<String, f64> {
-    // redis-cli without a TTY prints one item per line: field, value, ...
-    let raw = r.cli(&["HGETALL", &fleet_key()]);
-    let items: Vec<&str> = raw.lines().collect();
-    items
-        .chunks(2)
-        .filter(|c| c.len() == 2)
-        .map(|c| (c[0].to_string(), c[1].parse().unwrap()))
-        .collect()
-}
-
 fn field(r: &Redis, f: &str) -> f64 {
-    hash(r).get(f).copied().unwrap_or(0.0)
+    r.hash_f64(&fleet_key()).get(f).copied().unwrap_or(0.0)
 }
 
 /// A command kind `flaky` that fails retryably (exit 75) on its first
@@ -66,7 +54,7 @@ fn handler_calls_and_failures_are_counted_per_kind_and_bounded() {
     // Two failed calls, then the retry that succeeds: 3 calls, 2 failures,
     // one task finished (the old ratio fail/tasks was 2/1).
     eventually(LONG, "3 flaky calls flushed", || field(&r, calls) == 3.0);
-    let h = hash(&r);
+    let h = r.hash_f64(&fleet_key());
     assert_eq!(h.get(fails), Some(&2.0), "{h:?}");
     assert_eq!(
         h.get(r#"peagen_handler_calls_total{handler="echo"}"#),
@@ -115,16 +103,6 @@ fn stream_backend_result_write_failures_are_counted_while_retried() {
         .stream_data("peagen.results")
         .iter()
         .any(|v| v["task_id"] == "res-1" && v["status"] == "ok"));
-}
-
-/// GET /metrics of `addr`.
-fn scrape(addr: std::net::SocketAddr) -> String {
-    use std::io::{Read, Write};
-    let mut c = std::net::TcpStream::connect(addr).unwrap();
-    c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-    let mut out = String::new();
-    c.read_to_string(&mut out).unwrap();
-    out
 }
 
 #[test]

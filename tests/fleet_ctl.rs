@@ -11,11 +11,11 @@ use peagen_fabric::config::Config;
 use peagen_fabric::fleet::{Counts, HostState, ScaleScope};
 use peagen_fabric::fleet_store::{heartbeat, FleetKeys};
 use peagen_fabric::queue::Queue;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
-use support::{bin, ctl, ctl_ok, eventually, Redis};
+use support::{bin, ctl, ctl_ok, eventually, scrape, Killed, Redis};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -38,24 +38,32 @@ fn push_n(r: &Redis, cfg: &Path, n: u32) {
     );
 }
 
-/// Kills and reaps the child it holds (a process this test started).
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn scrape(addr: &str) -> String {
-    let mut c = std::net::TcpStream::connect(addr).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-    let mut out = String::new();
-    c.read_to_string(&mut out).unwrap();
-    assert!(out.starts_with("HTTP/1.0 200 OK\r\n"), "{out}");
-    out
+/// `peagenctl metrics serve --listen 127.0.0.1:0 --interval-ms 200 EXTRA..`:
+/// the running exporter and the address it printed on its first line.
+fn serve(r: &Redis, cfg: &std::path::Path, extra: &[&str]) -> (Killed, String) {
+    let mut child = Command::new(bin("peagenctl"))
+        .arg("--config")
+        .arg(cfg)
+        .args(["metrics", "serve", "--listen", "127.0.0.1:0"])
+        .args(["--interval-ms", "200"])
+        .args(extra)
+        .env("PEAGEN_REDIS_URL", r.url())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let p = Killed(child);
+    let addr = first
+        .trim()
+        .strip_prefix("serving http://")
+        .and_then(|s| s.strip_suffix("/metrics"))
+        .unwrap_or_else(|| panic!("first line: {first:?}"))
+        .to_string();
+    (p, addr)
 }
 
 /// The value of an unlabelled sample `name` in a scrape.
@@ -111,33 +119,7 @@ fn metrics_serve_exports_queue_work_and_fleet_gauges() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), "");
     push_n(&r, &cfg, 10);
-    let mut child = Command::new(bin("peagenctl"))
-        .arg("--config")
-        .arg(&cfg)
-        .args([
-            "metrics",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--interval-ms",
-            "200",
-        ])
-        .env("PEAGEN_REDIS_URL", r.url())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    let _p = Proc(child);
-    let addr = first
-        .trim()
-        .strip_prefix("serving http://")
-        .and_then(|s| s.strip_suffix("/metrics"))
-        .unwrap_or_else(|| panic!("first line: {first:?}"))
-        .to_string();
+    let (_p, addr) = serve(&r, &cfg, &[]);
     let m = scrape(&addr);
     assert_eq!(sample(&m, "peagen_queue_work"), Some(10.0), "{m}");
     assert_eq!(sample(&m, "peagen_fleet_hosts"), Some(0.0), "{m}");
@@ -253,7 +235,7 @@ fn autoscale_print_desired_follows_the_queue() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let _p = Proc(child);
+    let _p = Killed(child);
     assert_eq!(lines.next().unwrap().unwrap(), "1", "no stream: min");
     push_n(&r, &cfg, 8);
     let mut seen = Vec::new();
@@ -328,7 +310,7 @@ fn autoscale_compose_scales_the_service_with_the_policy() {
         ">",
     ]);
     let compose_file = dir.path().join("docker-compose.yml");
-    let _p = Proc(
+    let _p = Killed(
         Command::new(bin("peagenctl"))
             .arg("--config")
             .arg(&cfg)
@@ -506,18 +488,7 @@ fn metrics_serve_reclaim_requeues_a_gone_workers_task() {
             .to_string()
     };
     assert_eq!(pending(), "1");
-    let _p = Proc(
-        Command::new(bin("peagenctl"))
-            .arg("--config")
-            .arg(&cfg)
-            .args(["metrics", "serve", "--reclaim", "--listen", "127.0.0.1:0"])
-            .args(["--interval-ms", "200"])
-            .env("PEAGEN_REDIS_URL", r.url())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let (_p, _) = serve(&r, &cfg, &["--reclaim"]);
     let task = eventually(LONG, "the task re-queued with attempts 1", || {
         let d = r.stream_data("peagen.tasks");
         (pending() == "0" && d.len() == 1 && d[0]["attempts"] == 1).then(|| d[0].clone())
@@ -541,32 +512,7 @@ fn metrics_serve_sums_the_workers_counters() {
         "2",
     ]);
     let mut w = support::WorkerProc::start(&r, &cfg, "counting-worker", &[]);
-    let mut child = Command::new(bin("peagenctl"))
-        .arg("--config")
-        .arg(&cfg)
-        .args([
-            "metrics",
-            "serve",
-            "--worker-counters",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--interval-ms", "200"])
-        .env("PEAGEN_REDIS_URL", r.url())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    let _p = Proc(child);
-    let addr = first
-        .trim()
-        .trim_start_matches("serving http://")
-        .trim_end_matches("/metrics")
-        .to_string();
+    let (_p, addr) = serve(&r, &cfg, &["--worker-counters"]);
     eventually(LONG, "3 + 2 echo tasks counted", || {
         scrape(&addr).contains("peagen_tasks_total{kind=\"echo\",status=\"ok\"} 5\n")
     });

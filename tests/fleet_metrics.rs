@@ -9,23 +9,11 @@ use peagen_fabric::metrics::{
     labels, new_registry, render, FleetCollector, FleetSink, WorkerMetrics,
 };
 use peagen_fabric::queue::Queue;
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use support::*;
 
 const LONG: Duration = Duration::from_secs(30);
-
-fn hash(r: &Redis, key: &str) -> BTreeMap<String, f64> {
-    // redis-cli without a TTY prints one item per line: field, value, ...
-    let raw = r.cli(&["HGETALL", key]);
-    let items: Vec<&str> = raw.lines().collect();
-    items
-        .chunks(2)
-        .filter(|c| c.len() == 2)
-        .map(|c| (c[0].to_string(), c[1].parse().unwrap()))
-        .collect()
-}
 
 /// The spawner's collector fed with the hash, rendered.
 fn exported(r: &Redis, key: &str) -> String {
@@ -80,7 +68,7 @@ fn worker_flushes_counters_and_exit_reason_to_the_host_hash() {
         RedisConfig::default().fleet_metrics_key(&peagen_fabric::telemetry::hostname()),
         key
     );
-    let h = hash(&r, &key);
+    let h = r.hash_f64(&key);
     let get = |f: &str| {
         h.get(f)
             .copied()
@@ -161,7 +149,7 @@ fn worker_flushes_counters_and_exit_reason_to_the_host_hash() {
     // A second worker on the same host adds to the same fields.
     let mut w = WorkerProc::start(&r, &cfg, "w-fleet2", &[("WORKER_IDLE_EXIT", "1")]);
     assert_eq!(w.wait_exit(LONG), Some(0), "{}", w.log_text());
-    let h = hash(&r, &key);
+    let h = r.hash_f64(&key);
     assert_eq!(h[r#"peagen_worker_exit_reason_total{reason="idle"}"#], 2.0);
     assert_eq!(h[r#"peagen_tasks_total{kind="echo",status="ok"}"#], 3.0);
 }
@@ -206,7 +194,7 @@ async fn failed_flush_keeps_deltas_for_the_next_one() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(ok, "flush never succeeded after the restart");
-    let h = hash(&r, "peagen.tasks.metrics.h1");
+    let h = r.hash_f64("peagen.tasks.metrics.h1");
     assert_eq!(
         h[r#"peagen_handler_fail_total{handler="x"}"#], 4.0,
         "{h:#?}"

@@ -313,15 +313,6 @@ fn server_errors_are_retried_until_ok() {
     }
 }
 
-fn scrape(addr: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
 #[test]
 fn key_from_a_systemd_credential_and_https_required() {
     let r = Redis::start();

@@ -305,13 +305,3 @@ fn llm_budgets_follow_a_sentinel_failover() {
 
     w.kill9();
 }
-
-/// A child killed and reaped when the test ends, also when it panics.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}

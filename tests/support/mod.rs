@@ -171,6 +171,18 @@ impl Redis {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `HGETALL key` with numeric values (redis-cli without a TTY prints one
+    /// item per line: field, value, ...).
+    pub fn hash_f64(&self, key: &str) -> std::collections::BTreeMap<String, f64> {
+        let raw = self.cli(&["HGETALL", key]);
+        let items: Vec<&str> = raw.lines().collect();
+        items
+            .chunks(2)
+            .filter(|c| c.len() == 2)
+            .map(|c| (c[0].to_string(), c[1].parse().unwrap()))
+            .collect()
+    }
+
     pub fn int(&self, args: &[&str]) -> i64 {
         let s = self.cli(args);
         s.trim()
@@ -366,5 +378,28 @@ pub fn eventually<R: Ready>(within: Duration, what: &str, mut f: impl FnMut() ->
         }
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// `GET /metrics` of a metrics endpoint; the whole HTTP answer, which must be a 200.
+pub fn scrape(addr: impl std::net::ToSocketAddrs + std::fmt::Debug) -> String {
+    use std::io::{Read, Write};
+    let what = format!("{addr:?}");
+    let mut c = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("{what}: {e}"));
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.0 200 OK\r\n"), "{what}: {out}");
+    out
+}
+
+/// A child killed and reaped when the test ends, also when it panics.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
