@@ -188,6 +188,58 @@ impl WorkerMetrics {
     }
 }
 
+/// The queue's gauges, exported by the spawner and by `peagenctl metrics serve`.
+#[derive(Clone, Default)]
+pub(crate) struct QueueGauges {
+    /// `peagen_queue_pending_total{kind}`.
+    pub by_kind: KindGauge,
+    /// `peagen_redis_queue_pending{stream}`.
+    pub redis_pending: GaugeVec,
+    /// `peagen_queue_lag`; no series while the lag is unknown.
+    pub lag: GaugeVec,
+    /// `peagen_queue_delayed`: retries waiting out their backoff.
+    pub delayed: Gauge,
+}
+
+impl QueueGauges {
+    pub fn register(&self, reg: &mut Registry) {
+        reg.register(
+            "queue_pending_total",
+            "Unfinished tasks in the queue (backlog + in flight), by kind",
+            self.by_kind.family(),
+        );
+        reg.register(
+            "redis_queue_pending",
+            "Entries delivered but not acknowledged (XPENDING), by stream",
+            self.redis_pending.clone(),
+        );
+        reg.register(
+            "queue_lag",
+            "Entries not yet delivered to the group (XINFO GROUPS lag, else a bounded count)",
+            self.lag.clone(),
+        );
+        reg.register(
+            "queue_delayed",
+            "Retries waiting out their backoff in the delayed set (not backlog until due)",
+            self.delayed.clone(),
+        );
+    }
+
+    /// From one `queue stats` read (the by-kind counts are set apart).
+    pub fn set_stats(&self, st: &crate::queue::QueueStats) {
+        self.redis_pending
+            .get_or_create(&labels(&[("stream", &st.stream)]))
+            .set(st.pending as i64);
+        match st.lag {
+            Some(l) => {
+                self.lag.get_or_create(&labels(&[])).set(l as i64);
+            }
+            None => self.lag.clear(),
+        }
+        self.delayed.set(st.delayed as i64);
+    }
+}
+
 /// The spawner's metrics.
 #[derive(Clone)]
 pub(crate) struct SpawnerMetrics {
@@ -198,14 +250,10 @@ pub(crate) struct SpawnerMetrics {
     pub spawn_failures: Counter,
     pub spawn_ready: Histogram,
     pub reclaimed: CounterVec,
-    pub queue_pending_by_kind: KindGauge,
-    pub redis_pending: GaugeVec,
+    /// The queue's gauges (`peagenctl metrics serve` exports the same).
+    pub queue: QueueGauges,
     pub breaker_open: Gauge,
     pub stream_memory: GaugeVec,
-    /// `peagen_queue_lag`; no series while the lag is unknown.
-    pub queue_lag: GaugeVec,
-    /// `peagen_queue_delayed`: retries waiting out their backoff.
-    pub queue_delayed: Gauge,
     /// This host's workers' counters (the Redis hash they flush to).
     pub fleet: FleetCollector,
 }
@@ -220,12 +268,9 @@ impl SpawnerMetrics {
             spawn_failures: Default::default(),
             spawn_ready: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
             reclaimed: Default::default(),
-            queue_pending_by_kind: Default::default(),
-            redis_pending: Default::default(),
+            queue: QueueGauges::default(),
             breaker_open: Default::default(),
             stream_memory: Default::default(),
-            queue_lag: Default::default(),
-            queue_delayed: Default::default(),
             fleet: Default::default(),
         };
         reg.register(
@@ -259,16 +304,7 @@ impl SpawnerMetrics {
             "Pending tasks of dead workers re-queued or dead-lettered, by outcome",
             m.reclaimed.clone(),
         );
-        reg.register(
-            "queue_pending_total",
-            "Unfinished tasks in the queue (backlog + in flight), by kind",
-            m.queue_pending_by_kind.family(),
-        );
-        reg.register(
-            "redis_queue_pending",
-            "Entries delivered but not acknowledged (XPENDING), by stream",
-            m.redis_pending.clone(),
-        );
+        m.queue.register(reg);
         reg.register(
             "spawner_breaker_open",
             "1 while the spawn-failure circuit breaker blocks starts",
@@ -278,16 +314,6 @@ impl SpawnerMetrics {
             "redis_stream_memory_bytes",
             "MEMORY USAGE of the streams, by stream",
             m.stream_memory.clone(),
-        );
-        reg.register(
-            "queue_lag",
-            "Entries not yet delivered to the group (XINFO GROUPS lag, else a bounded count)",
-            m.queue_lag.clone(),
-        );
-        reg.register(
-            "queue_delayed",
-            "Retries waiting out their backoff in the delayed set (not backlog until due)",
-            m.queue_delayed.clone(),
         );
         reg.register_collector(Box::new(m.fleet.clone()));
         m
@@ -323,21 +349,25 @@ mod tests {
             .collect()
     }
 
+    /// packaging/prometheus/metric-names.txt: (type, name) pairs.
+    fn contract() -> std::collections::BTreeSet<(String, String)> {
+        include_str!("../packaging/prometheus/metric-names.txt")
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+            .map(|l| {
+                let (t, n) = l.split_once(' ').expect("type name");
+                (t.to_string(), n.trim().to_string())
+            })
+            .collect()
+    }
+
     /// The metric contract (packaging/prometheus/metric-names.txt), which
     /// alerts, dashboards and docs are checked against, is exactly what the
     /// two programs declare: the spawner's registry (fleet and workers'
     /// counters included) and the worker's.
     #[test]
     fn contract_is_what_the_programs_export() {
-        let contract: std::collections::BTreeSet<(String, String)> =
-            include_str!("../packaging/prometheus/metric-names.txt")
-                .lines()
-                .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
-                .map(|l| {
-                    let (t, n) = l.split_once(' ').expect("type name");
-                    (t.to_string(), n.trim().to_string())
-                })
-                .collect();
+        let contract = contract();
         let mut w = new_registry();
         let wm = WorkerMetrics::new(&mut w);
         let mut sp = new_registry();
@@ -365,15 +395,14 @@ mod tests {
         wm.cost.request_duration.get_or_create(&l).observe(1.0);
         for g in [
             &sm.workers,
-            &sm.redis_pending,
+            &sm.queue.redis_pending,
             &sm.stream_memory,
-            &sm.queue_lag,
+            &sm.queue.lag,
         ] {
             g.get_or_create(&l).set(1);
         }
         wm.queue_pending.set(BTreeMap::from([("k".into(), 1)]));
-        sm.queue_pending_by_kind
-            .set(BTreeMap::from([("k".into(), 1)]));
+        sm.queue.by_kind.set(BTreeMap::from([("k".into(), 1)]));
         let mut got = declared(&render(&w));
         got.extend(declared(&render(&sp)));
         // `peagenctl metrics serve`: the spawner's queue gauges and its own.
@@ -403,15 +432,7 @@ mod tests {
     #[test]
     fn docs_tables_match_the_contract_and_the_rules() {
         let docs = include_str!("../docs/operations.md");
-        let contract: std::collections::BTreeSet<(String, String)> =
-            include_str!("../packaging/prometheus/metric-names.txt")
-                .lines()
-                .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
-                .map(|l| {
-                    let (t, n) = l.split_once(' ').expect("type name");
-                    (t.to_string(), n.trim().to_string())
-                })
-                .collect();
+        let contract = contract();
         let mut documented = std::collections::BTreeSet::new();
         let mut alerts_doc = std::collections::BTreeSet::new();
         for l in docs.lines() {

@@ -354,17 +354,7 @@ impl Spawner {
                 .set(n[i]);
         }
         self.m.desired.set(d.desired as i64);
-        self.m
-            .redis_pending
-            .get_or_create(&labels(&[("stream", &st.stream)]))
-            .set(st.pending as i64);
-        match st.lag {
-            Some(l) => {
-                self.m.queue_lag.get_or_create(&labels(&[])).set(l as i64);
-            }
-            None => self.m.queue_lag.clear(),
-        }
-        self.m.queue_delayed.set(st.delayed as i64);
+        self.m.queue.set_stats(st);
         // Workers of this host flush into this hash; on error keep the last snapshot.
         let key = self.cfg.redis.fleet_metrics_key(&self.host);
         match self.queue.hash_all(&key).await {
@@ -383,7 +373,7 @@ impl Spawner {
             // Also refreshed at each scrape (pending_hook); this keeps
             // the status line's source and unscraped spawners current.
             if let Ok(kinds) = self.queue.pending_by_kind(10_000).await {
-                self.m.queue_pending_by_kind.set(kinds);
+                self.m.queue.by_kind.set(kinds);
             }
             let r = &self.cfg.redis;
             for s in [&r.tasks_stream, &r.results_stream, &r.dead_stream] {
@@ -487,7 +477,8 @@ impl Spawner {
                 }
                 let redis = self.cfg.redis.clone();
                 self.m
-                    .queue_pending_by_kind
+                    .queue
+                    .by_kind
                     .set_configured(crate::handlers::Registry::configured_kinds(&new));
                 self.cfg = new;
                 self.cfg.redis = redis;
@@ -765,7 +756,8 @@ pub(crate) async fn run(
     let mut cfg = cfg;
     let mut reg = crate::metrics::new_registry();
     let m = SpawnerMetrics::new(&mut reg);
-    m.queue_pending_by_kind
+    m.queue
+        .by_kind
         .set_configured(crate::handlers::Registry::configured_kinds(&cfg));
     let fleet_m = crate::fleet_store::FleetMetrics::register(&mut reg);
     let reg: SharedRegistry = Arc::new(std::sync::Mutex::new(reg));
@@ -809,7 +801,7 @@ pub(crate) async fn run(
         }
     };
     let queue = Arc::new(queue);
-    let _ = scrape_hook.set(pending_hook(queue.clone(), m.queue_pending_by_kind.clone()));
+    let _ = scrape_hook.set(pending_hook(queue.clone(), m.queue.by_kind.clone()));
     let (start_tx, mut start_rx) = mpsc::unbounded_channel();
     let wake = Arc::new(Notify::new());
     let s = &cfg.spawner;

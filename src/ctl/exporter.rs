@@ -8,7 +8,7 @@ use super::{unavailable, CtlError};
 use crate::config::Config;
 use crate::exit;
 use crate::fleet_store::{pool_view, FleetMetrics};
-use crate::metrics::{labels, FleetCollector, GaugeVec, Num, SharedRegistry};
+use crate::metrics::{FleetCollector, Num, SharedRegistry};
 use crate::queue::Queue;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -41,10 +41,7 @@ pub struct ServeArgs {
 /// also exports (same names and meaning), and whether the last read worked.
 struct ExporterMetrics {
     fleet: FleetMetrics,
-    redis_pending: GaugeVec,
-    queue_lag: GaugeVec,
-    queue_delayed: Gauge,
-    by_kind: crate::metrics::KindGauge,
+    queue: crate::metrics::QueueGauges,
     redis_up: Gauge,
     /// The workers' counters, when exported (`--worker-counters`).
     counters: Option<FleetCollector>,
@@ -54,36 +51,14 @@ impl ExporterMetrics {
     fn register(reg: &mut Registry, worker_counters: bool) -> Self {
         let m = ExporterMetrics {
             fleet: FleetMetrics::register(reg),
-            redis_pending: Default::default(),
-            queue_lag: Default::default(),
-            queue_delayed: Default::default(),
-            by_kind: Default::default(),
+            queue: Default::default(),
             redis_up: Default::default(),
             counters: worker_counters.then(FleetCollector::default),
         };
         if let Some(c) = &m.counters {
             reg.register_collector(Box::new(c.clone()));
         }
-        reg.register(
-            "redis_queue_pending",
-            "Entries delivered but not acknowledged (XPENDING), by stream",
-            m.redis_pending.clone(),
-        );
-        reg.register(
-            "queue_lag",
-            "Entries not yet delivered to the group (XINFO GROUPS lag, else a bounded count)",
-            m.queue_lag.clone(),
-        );
-        reg.register(
-            "queue_delayed",
-            "Retries waiting out their backoff in the delayed set (not backlog until due)",
-            m.queue_delayed.clone(),
-        );
-        reg.register(
-            "queue_pending_total",
-            "Unfinished tasks in the queue (backlog + in flight), by kind",
-            m.by_kind.family(),
-        );
+        m.queue.register(reg);
         reg.register(
             "exporter_redis_up",
             "1 if the exporter's last read of Redis worked; 0 while the other gauges are stale",
@@ -98,11 +73,12 @@ impl ExporterMetrics {
 pub(crate) fn contract_registry() -> Registry {
     let mut reg = crate::metrics::new_registry();
     let m = ExporterMetrics::register(&mut reg, false);
-    m.redis_pending
-        .get_or_create(&labels(&[("stream", "s")]))
+    let q = &m.queue;
+    q.redis_pending
+        .get_or_create(&crate::metrics::labels(&[("stream", "s")]))
         .set(1);
-    m.queue_lag.get_or_create(&labels(&[])).set(1);
-    m.by_kind.set(BTreeMap::from([("k".into(), 1)]));
+    q.lag.get_or_create(&crate::metrics::labels(&[])).set(1);
+    m.queue.by_kind.set(BTreeMap::from([("k".into(), 1)]));
     reg
 }
 
@@ -112,18 +88,9 @@ async fn refresh(cfg: &Config, q: &Queue, m: &ExporterMetrics) -> Result<(), Str
     m.fleet.work.set(v.work as i64);
     m.fleet.hosts.set(v.live_hosts as i64);
     m.fleet.desired.set(v.desired as i64);
-    m.redis_pending
-        .get_or_create(&labels(&[("stream", &v.stats.stream)]))
-        .set(v.stats.pending as i64);
-    match v.stats.lag {
-        Some(l) => {
-            m.queue_lag.get_or_create(&labels(&[])).set(l as i64);
-        }
-        None => m.queue_lag.clear(),
-    }
-    m.queue_delayed.set(v.stats.delayed as i64);
+    m.queue.set_stats(&v.stats);
     let kinds = q.pending_by_kind(10_000).await.map_err(|e| e.to_string())?;
-    m.by_kind.set(kinds);
+    m.queue.by_kind.set(kinds);
     if let Some(c) = &m.counters {
         c.set(worker_counters(cfg, q).await.map_err(|e| e.to_string())?);
     }
@@ -226,7 +193,8 @@ pub(super) async fn serve(cfg: &Config, a: ServeArgs) -> Result<(), CtlError> {
     let mut reg = crate::metrics::new_registry();
     let m = ExporterMetrics::register(&mut reg, a.worker_counters);
     // As the spawner: configured kinds read 0 while idle, not "No data".
-    m.by_kind
+    m.queue
+        .by_kind
         .set_configured(crate::handlers::Registry::configured_kinds(cfg));
     // The first read must work: an exporter that starts with wrong zeros
     // would tell an autoscaler the queue is empty.
