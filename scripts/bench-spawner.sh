@@ -10,10 +10,9 @@
 # and where the start-up time goes, per worker, on CLOCK_MONOTONIC (systemd's
 # own unit timestamps read over D-Bus by systemctl; the spawner's and the
 # worker's timestamps from their journal fields):
-#   call->unit      StartTransientUnit call -> InactiveExitTimestamp (D-Bus,
-#                   transient unit load, job queue)
-#   unit->fork      InactiveExit -> ExecMainStartTimestamp (DynamicUser
-#                   allocation, fork)
+#   call->fork      StartTransientUnit call -> ExecMainStartTimestamp (D-Bus,
+#                   transient unit load, job queue, DynamicUser allocation,
+#                   fork; systemd sets InactiveExitTimestamp just after the fork)
 #   fork->main      ExecMainStart -> the worker's main() (systemd's exec set-up
 #                   in the child: namespaces, mounts, seccomp; then execve and
 #                   the dynamic loader)
@@ -24,24 +23,29 @@
 # Old binaries (without the worker's phase fields) show "-" for our phases.
 #
 #   scripts/bench-spawner.sh [ROUNDS] [TASKS...]   (root; builds if needed)
+#   AFTER_BIN=DIR   binaries to measure (default: build target/release)
 #   BEFORE_BIN=DIR  also run peagen-worker/peagen-spawnerd from DIR (e.g. a
 #                   build of main) as the "before" column, in the same run.
 #   VARIANTS="default nohard root"  unit variants (default: all of them):
 #                   default  the built-in property set (hardening, DynamicUser)
 #                   nohard   worker-unit.hardening = false (DynamicUser kept)
 #                   root     hardening = false, dynamic-user = false
-#                   nodev    default plus a drop-in PrivateDevices=no
 #                   nons     default plus a drop-in with every namespace
 #                            property off (PrivateTmp/Devices/IPC/Mounts/
 #                            Users, ProtectSystem/Home): systemd's share
+#                   nosc     default plus a drop-in with every seccomp-based
+#                            property off (SystemCallFilter/Architectures,
+#                            RestrictAddressFamilies/Namespaces/Realtime/
+#                            SUIDSGID, LockPersonality)
 set -euo pipefail
 ROUNDS=${1:-5}; shift || true
 TASKS=("$@"); [ ${#TASKS[@]} -gt 0 ] || TASKS=(1 20)
 here=$(cd "$(dirname "$0")/.." && pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$here/target}
 [ "$(id -u)" = 0 ] || { echo "bench-spawner: needs root (boots systemd in a private namespace)" >&2; exit 1; }
-(cd "$here" && cargo build --release --bins -q)
-bin=$CARGO_TARGET_DIR/release
+if [ -n "${AFTER_BIN:-}" ]; then bin=$AFTER_BIN; else
+    (cd "$here" && cargo build --release --bins -q); bin=$CARGO_TARGET_DIR/release
+fi
 OUT=$(mktemp -d /var/tmp/peagen-bench.XXXXXX)   # raw data; never under /tmp
 BOX=
 box() { "$here/tests/box/box.sh" "$@"; }
@@ -84,7 +88,7 @@ args = ["-c", "sleep 1; cat"]
 TOML
     local dropin=
     case $variant in
-        nodev) dropin=$'[Service]\nPrivateDevices=no\n' ;;
+        nosc) dropin=$'[Service]\nSystemCallFilter=\nSystemCallArchitectures=\nRestrictAddressFamilies=\nRestrictNamespaces=no\nRestrictRealtime=no\nRestrictSUIDSGID=no\nLockPersonality=no\n' ;;
         nons) dropin=$'[Service]\nPrivateTmp=no\nPrivateDevices=no\nPrivateIPC=no\nPrivateMounts=no\nPrivateUsers=no\nProtectSystem=no\nProtectHome=no\n' ;;
     esac
     if [ -n "$dropin" ]; then
@@ -123,7 +127,7 @@ TOML
     box rm "$BOX"; BOX=
 }
 
-variants=${VARIANTS:-default nohard root nodev nons}
+variants=${VARIANTS:-default nohard root nons nosc}
 labels=()
 if [ -n "${BEFORE_BIN:-}" ]; then run before "$BEFORE_BIN" default; labels+=(before); fi
 for v in $variants; do run "$v" "$bin" "$v"; labels+=("$v"); done
@@ -179,7 +183,7 @@ def realtime_us(s):  # "Tue 2026-12-01 19:01:02.123456 UTC"
     t = datetime.datetime.strptime(p[1] + " " + p[2], "%Y-%m-%d %H:%M:%S.%f")
     return int(t.replace(tzinfo=datetime.timezone.utc).timestamp() * 1e6)
 
-PH = ["call->unit", "unit->fork", "fork->main", "main->config", "config->redis",
+PH = ["call->fork", "fork->main", "main->config", "config->redis",
       "redis->handlers", "handlers->ready", "ready->active", "active->seen", "push->decide"]
 res = {}
 for label in labels:
@@ -196,10 +200,8 @@ for label in labels:
     for wid, (rt, u) in by_wid.items():
         ie = int(u.get("InactiveExitTimestampMonotonic", 0)); ms = int(u.get("ExecMainStartTimestampMonotonic", 0))
         ae = int(u.get("ActiveEnterTimestampMonotonic", 0))
-        if wid in call_mono and ie:
-            ph["call->unit"].append(ie - call_mono[wid])
-        if ie and ms:
-            ph["unit->fork"].append(ms - ie)
+        if wid in call_mono and ms:
+            ph["call->fork"].append(ms - call_mono[wid])
         w = phases.get(wid)
         if w and ms:
             ph["fork->main"].append(w["MAIN_MONO_US"] - ms)

@@ -122,15 +122,21 @@ impl Spawner {
     /// One reconcile pass: read systemd + Redis, reclaim, decide, act.
     async fn reconcile(&mut self) -> Result<()> {
         let now = Instant::now();
-        let units = self.sd.list_workers().await?;
-        // Due retries become backlog here too, so they are not stuck in the
-        // delayed set while no worker runs (and then count for scale-up).
-        match self.queue.promote_due(crate::queue::PROMOTE_BATCH).await {
-            Ok(0) => {}
-            Ok(n) => tracing::debug!(promoted = n, "delayed retries now due"),
-            Err(e) => tracing::warn!(error = %e, "promoting delayed retries failed"),
-        }
-        let stats = self.queue.stats().await.context("reading queue stats")?;
+        // systemd and Redis are asked at the same time: this pass is what
+        // stands between a push and the start of a worker.
+        let queue = self.queue.clone();
+        let (units, stats) = tokio::join!(self.sd.list_workers(), async move {
+            // Due retries become backlog here too, so they are not stuck in the
+            // delayed set while no worker runs (and then count for scale-up).
+            match queue.promote_due(crate::queue::PROMOTE_BATCH).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(promoted = n, "delayed retries now due"),
+                Err(e) => tracing::warn!(error = %e, "promoting delayed retries failed"),
+            }
+            queue.stats().await
+        });
+        let units = units?;
+        let stats = stats.context("reading queue stats")?;
         let pending_of: HashMap<&str, u64> = stats
             .consumers
             .iter()

@@ -64,6 +64,8 @@ pub(crate) struct Worker {
     left_pending: std::collections::HashSet<String>,
     /// Start-up phase marks, logged at `READY=1` (then cleared).
     startup_marks: Option<StartupMarks>,
+    /// `READY=1` sent (start-up may be retried after it, on Redis errors).
+    announced: bool,
 }
 
 /// What happened to one entry (for logs and tests).
@@ -121,6 +123,7 @@ impl Worker {
             shutdown,
             left_pending: Default::default(),
             startup_marks: None,
+            announced: false,
         }
     }
 
@@ -270,7 +273,24 @@ impl Worker {
     }
 
     async fn startup(&mut self) -> Result<(), QueueError> {
+        // READY=1 as soon as Redis answered (the connection is up); the group
+        // is made sure of afterwards, before the first read: tasks wait for
+        // it here, the start job does not (one round trip less before READY).
+        if !self.announced {
+            self.announce();
+        }
         self.queue.ensure_group().await?;
+        // Crash recovery: first finish what this consumer id already holds.
+        let n = self.drain_own_pel().await?;
+        if n > 0 {
+            tracing::info!(worker_id = %self.id, entries = n, "re-processed own pending entries");
+        }
+        Ok(())
+    }
+
+    /// `READY=1` (once), with the start-up phase marks in the log.
+    fn announce(&mut self) {
+        self.announced = true;
         notify(&[
             NotifyState::Ready,
             NotifyState::Status(&format!(
@@ -287,12 +307,6 @@ impl Worker {
         }
         tracing::info!(worker_id = %self.id, stream = %self.cfg.redis.tasks_stream, group = %self.cfg.redis.group,
             handlers = ?self.handlers.kinds().collect::<Vec<_>>(), "worker ready");
-        // Crash recovery: first finish what this consumer id already holds.
-        let n = self.drain_own_pel().await?;
-        if n > 0 {
-            tracing::info!(worker_id = %self.id, entries = n, "re-processed own pending entries");
-        }
-        Ok(())
     }
 
     /// Re-read and process this consumer's pending entries. Returns how many
