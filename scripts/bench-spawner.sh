@@ -37,6 +37,7 @@
 #                            property off (SystemCallFilter/Architectures,
 #                            RestrictAddressFamilies/Namespaces/Realtime/
 #                            SUIDSGID, LockPersonality)
+#                   nonsnosc both drop-ins
 set -euo pipefail
 ROUNDS=${1:-5}; shift || true
 TASKS=("$@"); [ ${#TASKS[@]} -gt 0 ] || TASKS=(1 20)
@@ -90,6 +91,7 @@ TOML
     case $variant in
         nosc) dropin=$'[Service]\nSystemCallFilter=\nSystemCallArchitectures=\nRestrictAddressFamilies=\nRestrictNamespaces=no\nRestrictRealtime=no\nRestrictSUIDSGID=no\nLockPersonality=no\n' ;;
         nons) dropin=$'[Service]\nPrivateTmp=no\nPrivateDevices=no\nPrivateIPC=no\nPrivateMounts=no\nPrivateUsers=no\nProtectSystem=no\nProtectHome=no\n' ;;
+        nonsnosc) dropin=$'[Service]\nPrivateTmp=no\nPrivateDevices=no\nPrivateIPC=no\nPrivateMounts=no\nPrivateUsers=no\nProtectSystem=no\nProtectHome=no\nSystemCallFilter=\nSystemCallArchitectures=\nRestrictAddressFamilies=\nRestrictNamespaces=no\nRestrictRealtime=no\nRestrictSUIDSGID=no\nLockPersonality=no\n' ;;
     esac
     if [ -n "$dropin" ]; then
         printf '%s' "$dropin" > "$dir/dropin.conf"
@@ -127,7 +129,7 @@ TOML
     box rm "$BOX"; BOX=
 }
 
-variants=${VARIANTS:-default nohard root nons nosc}
+variants=${VARIANTS:-default nohard root nons nosc nonsnosc}
 labels=()
 if [ -n "${BEFORE_BIN:-}" ]; then run before "$BEFORE_BIN" default; labels+=(before); fi
 for v in $variants; do run "$v" "$bin" "$v"; labels+=("$v"); done
