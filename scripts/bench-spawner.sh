@@ -25,7 +25,8 @@
 #   scripts/bench-spawner.sh [ROUNDS] [TASKS...]   (root; builds if needed)
 #   AFTER_BIN=DIR   binaries to measure (default: build target/release)
 #   BEFORE_BIN=DIR  also run peagen-worker/peagen-spawnerd from DIR (e.g. a
-#                   build of main) as the "before" column, in the same run.
+#                   build of main) as the "before" column, in the same run
+#                   (first; BEFORE_LAST=1: last).
 #   VARIANTS="default nohard root"  unit variants (default: all of them):
 #                   default  the built-in property set (hardening, DynamicUser)
 #                   nohard   worker-unit.hardening = false (DynamicUser kept)
@@ -131,8 +132,11 @@ TOML
 
 variants=${VARIANTS:-default nohard root nons nosc nonsnosc}
 labels=()
-if [ -n "${BEFORE_BIN:-}" ]; then run before "$BEFORE_BIN" default; labels+=(before); fi
+# BEFORE_LAST=1: the before column runs last (load drifts during a run; run
+# both orders to see that the difference is not the order).
+if [ -n "${BEFORE_BIN:-}" ] && [ -z "${BEFORE_LAST:-}" ]; then run before "$BEFORE_BIN" default; labels+=(before); fi
 for v in $variants; do run "$v" "$bin" "$v"; labels+=("$v"); done
+if [ -n "${BEFORE_BIN:-}" ] && [ -n "${BEFORE_LAST:-}" ]; then run before "$BEFORE_BIN" default; labels+=(before); fi
 python3 - "$OUT" "${labels[@]}" <<'PY'
 import json, sys, datetime, statistics as st
 out, labels = sys.argv[1], sys.argv[2:]
