@@ -844,6 +844,8 @@ end
 return ''
 ";
 
+/// Least time between two checks of the stream in tracking mode.
+const MIN_CHECK_GAP: Duration = Duration::from_millis(2);
 /// How long the watcher waits before it re-checks the stream on its own (this
 /// also proves the connection is alive).
 const WATCH_BLOCK_MS: u64 = 5000;
@@ -1002,12 +1004,18 @@ async fn watch_tracking(
         if let Err(e) = check_last_id(&mut conn, key, script, &mut last, wake, st).await {
             return WatchEnd::Failed(e);
         }
+        let checked = Instant::now();
         // Any push (an invalidation, or the client's own disconnect notice)
         // means: look again. The timeout re-checks, which also tests the link.
         match tokio::time::timeout(Duration::from_millis(WATCH_BLOCK_MS), pushes.recv()).await {
             Ok(Some(p)) => {
                 if p.kind == redis::PushKind::Invalidate {
                     st.invalidations.fetch_add(1, Relaxed);
+                }
+                // Every finished task's XDEL invalidates too: under load, at
+                // most one check per MIN_CHECK_GAP (a push waits that long at most).
+                if let Some(rest) = MIN_CHECK_GAP.checked_sub(checked.elapsed()) {
+                    tokio::time::sleep(rest).await;
                 }
                 // Several changes may be queued: one check covers them all.
                 while pushes.try_recv().is_ok() {}
