@@ -143,15 +143,21 @@ impl Spawner {
     /// One reconcile pass: read systemd + Redis, reclaim, decide, act.
     async fn reconcile(&mut self) -> Result<()> {
         let now = Instant::now();
-        let units = self.sd.list_workers().await?;
-        // Due retries become backlog here too, so they are not stuck in the
-        // delayed set while no worker runs (and then count for scale-up).
-        match self.queue.promote_due(crate::queue::PROMOTE_BATCH).await {
-            Ok(0) => {}
-            Ok(n) => tracing::debug!(promoted = n, "delayed retries now due"),
-            Err(e) => tracing::warn!(error = %e, "promoting delayed retries failed"),
-        }
-        let stats = self.queue.stats().await.context("reading queue stats")?;
+        // systemd and Redis are asked at the same time: this pass is what
+        // stands between a push and the start of a worker.
+        let queue = self.queue.clone();
+        let (units, stats) = tokio::join!(self.sd.list_workers(), async move {
+            // Due retries become backlog here too, so they are not stuck in the
+            // delayed set while no worker runs (and then count for scale-up).
+            match queue.promote_due(crate::queue::PROMOTE_BATCH).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(promoted = n, "delayed retries now due"),
+                Err(e) => tracing::warn!(error = %e, "promoting delayed retries failed"),
+            }
+            queue.stats().await
+        });
+        let units = units?;
+        let stats = stats.context("reading queue stats")?;
         let pending_of: HashMap<&str, u64> = stats
             .consumers
             .iter()
@@ -297,7 +303,7 @@ impl Spawner {
     fn start_one(&mut self) {
         let id = crate::fleet::worker_id(&self.host_id, &uuid::Uuid::new_v4());
         let unit = crate::systemd::unit_name(&id);
-        tracing::info!(worker_id = %id, unit = %unit, "starting worker");
+        tracing::info!(worker_id = %id, unit = %unit, mono_us = crate::systemd::monotonic_us(), "starting worker");
         self.m.spawns.inc();
         self.starting.insert(id.clone(), Instant::now());
         let sd = self.sd.clone();
@@ -318,7 +324,8 @@ impl Spawner {
         let failure = match r {
             Ok(o) if o.ok() => {
                 self.m.spawn_ready.observe(o.elapsed.as_secs_f64());
-                tracing::info!(worker_id = %id, unit = %unit, ready_ms = o.elapsed.as_millis() as u64, "worker ready");
+                tracing::info!(worker_id = %id, unit = %unit, ready_ms = o.elapsed.as_secs_f64() * 1000.0,
+                    call_mono_us = o.called_mono_us, "worker ready");
                 self.breaker.on_success();
                 None
             }
@@ -834,7 +841,7 @@ pub(crate) async fn run(
         last_status: String::new(),
     };
     let mut watcher = spawn_watcher(&sp.sd, wake.clone());
-    let redis_watcher = spawn_redis_watcher(cfg.redis.clone(), wake.clone());
+    let (redis_watcher, _) = spawn_queue_watcher(cfg.redis.clone(), wake.clone());
     // First pass before READY=1: state is rebuilt from systemd + Redis.
     if let Err(e) = sp.reconcile().await {
         tracing::warn!(error = %format!("{e:#}"), "first reconcile failed");
@@ -889,15 +896,55 @@ pub(crate) async fn run(
     crate::exit::OK
 }
 
-/// Wake the supervisor as soon as a task is added: a blocking `XREAD` (not
-/// XREADGROUP: it delivers nothing to the group) on its own connection, with a
-/// response timeout longer than the block time.
-fn spawn_redis_watcher(
+/// What the queue watcher did (for tests and the debug log).
+#[derive(Debug, Default)]
+pub struct WatcherStats {
+    /// Connections made (1 while all goes well; each further one is a reconnect).
+    pub connects: std::sync::atomic::AtomicU64,
+    /// Wake-ups sent because the stream got new entries.
+    pub wakes: std::sync::atomic::AtomicU64,
+    /// Invalidation pushes (CLIENT TRACKING mode) received.
+    pub invalidations: std::sync::atomic::AtomicU64,
+    /// True while the watcher waits by CLIENT TRACKING (false: blocking XREAD).
+    pub tracking: std::sync::atomic::AtomicBool,
+}
+
+/// Returns only the stream's last generated id (`""` if there is no stream):
+/// the watcher learns that entries were added without receiving any entry.
+const LAST_ID_SCRIPT: &str = r"
+local ok, info = pcall(redis.call, 'XINFO', 'STREAM', KEYS[1])
+if not ok then return '' end
+for i = 1, #info, 2 do
+  if info[i] == 'last-generated-id' then return info[i + 1] end
+end
+return ''
+";
+
+/// Least time between two checks of the stream in tracking mode.
+const MIN_CHECK_GAP: Duration = Duration::from_millis(2);
+/// How long the watcher waits before it re-checks the stream on its own (this
+/// also proves the connection is alive).
+const WATCH_BLOCK_MS: u64 = 5000;
+
+/// Wake the supervisor as soon as a task is added, without copying entries.
+///
+/// Preferred: RESP3 `CLIENT TRACKING ON` on its own connection. `XLEN` arms
+/// the tracking of the stream key, Redis pushes an invalidation when the key
+/// changes, and [`LAST_ID_SCRIPT`] tells an added entry (a new last id) from
+/// acks and deletions. Nothing crosses the wire but ids and lengths, whatever
+/// the entries hold (oversize payloads, non-UTF-8 field names).
+/// Fallback when the server or a proxy refuses RESP3 or tracking: a blocking
+/// `XREAD COUNT 1` parsed as raw values (only the id is kept; at most one
+/// entry per wake-up is transferred, the backlog behind it is skipped by the
+/// script). XREAD, not XREADGROUP: it delivers nothing to the group.
+pub fn spawn_queue_watcher(
     cfg: crate::config::RedisConfig,
     wake: Arc<Notify>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        const BLOCK_MS: u64 = 5000;
+) -> (tokio::task::JoinHandle<()>, Arc<WatcherStats>) {
+    let stats = Arc::new(WatcherStats::default());
+    let st = stats.clone();
+    let h = tokio::spawn(async move {
+        use std::sync::atomic::Ordering::Relaxed;
         let mut backoff =
             crate::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         // Resolved afresh on every reconnect, so a Sentinel failover is followed.
@@ -908,60 +955,237 @@ fn spawn_redis_watcher(
                 return;
             }
         };
+        let script = redis::Script::new(LAST_ID_SCRIPT);
+        let mut use_tracking = true;
         loop {
-            let conn = async {
-                let client = target.client().await?.client;
-                let acfg = redis::AsyncConnectionConfig::new()
-                    .set_response_timeout(Some(Duration::from_millis(BLOCK_MS + 5000)));
-                client
-                    .get_multiplexed_async_connection_with_config(&acfg)
-                    .await
-            }
-            .await;
-            let mut conn = match conn {
-                Ok(c) => c,
+            let client = match target.client().await {
+                Ok(r) => r.client,
                 Err(e) => {
-                    tracing::debug!(error = %e, "queue watcher: cannot connect");
+                    tracing::debug!(error = %e, "queue watcher: cannot resolve Redis");
                     tokio::time::sleep(backoff.step()).await;
                     continue;
                 }
             };
-            backoff.reset();
-            let mut last = "$".to_string();
-            loop {
-                let r: redis::RedisResult<Option<redis::streams::StreamReadReply>> =
-                    redis::cmd("XREAD")
-                        .arg("COUNT")
-                        .arg(1000)
-                        .arg("BLOCK")
-                        .arg(BLOCK_MS)
-                        .arg("STREAMS")
-                        .arg(&cfg.tasks_stream)
-                        .arg(&last)
-                        .query_async(&mut conn)
-                        .await;
-                match r {
-                    Ok(Some(reply)) => {
-                        if let Some(id) = reply
-                            .keys
-                            .iter()
-                            .flat_map(|k| k.ids.iter())
-                            .map(|e| e.id.clone())
-                            .next_back()
-                        {
-                            last = id;
-                            wake.notify_one();
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        tracing::debug!(error = %e, "queue watcher: XREAD failed; reconnecting");
-                        break;
-                    }
+            st.connects.fetch_add(1, Relaxed);
+            let r = if use_tracking {
+                watch_tracking(&client, &cfg.tasks_stream, &script, &wake, &st).await
+            } else {
+                watch_xread(&client, &cfg.tasks_stream, &script, &wake, &st).await
+            };
+            st.tracking.store(false, Relaxed);
+            match r {
+                WatchEnd::Unsupported(e) => {
+                    tracing::warn!(error = %e, "queue watcher: no RESP3 client tracking (Redis < 6 or a proxy); waiting with XREAD instead");
+                    use_tracking = false;
+                }
+                WatchEnd::Failed(e) => {
+                    tracing::debug!(error = %e, "queue watcher: connection failed; reconnecting");
+                    tokio::time::sleep(backoff.step()).await;
+                    continue;
                 }
             }
+            backoff.reset();
         }
-    })
+    });
+    (h, stats)
+}
+
+/// An answer that says "cannot do that" (not a broken link).
+fn refused(e: &redis::RedisError) -> bool {
+    !(e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal())
+}
+
+enum WatchEnd {
+    /// The server cannot do this mode; use the other one.
+    Unsupported(redis::RedisError),
+    /// Connection trouble: reconnect.
+    Failed(redis::RedisError),
+}
+
+/// Wake when the stream's last generated id moves past `last`; returns the new one.
+async fn check_last_id(
+    conn: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+    script: &redis::Script,
+    last: &mut Option<String>,
+    wake: &Notify,
+    st: &WatcherStats,
+) -> redis::RedisResult<()> {
+    // XLEN first: it (re)arms the key's tracking before the id is read, so
+    // an entry added in between is seen either here or by the next push.
+    let mut p = redis::pipe();
+    p.cmd("XLEN").arg(key).ignore();
+    p.invoke_script(&script.key(key));
+    let (id,): (String,) = match p.query_async(conn).await {
+        Ok(v) => v,
+        // The pipeline sends EVALSHA; load the script once and retry.
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            script.prepare_invoke().load_async(conn).await?;
+            p.query_async(conn).await?
+        }
+        Err(e) => return Err(e),
+    };
+    if last.as_deref().is_some_and(|l| l != id) {
+        st.wakes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        wake.notify_one();
+    }
+    *last = Some(id);
+    Ok(())
+}
+
+async fn watch_tracking(
+    client: &redis::Client,
+    key: &str,
+    script: &redis::Script,
+    wake: &Notify,
+    st: &WatcherStats,
+) -> WatchEnd {
+    use std::sync::atomic::Ordering::Relaxed;
+    let info = client.get_connection_info().clone();
+    let resp3 = info
+        .redis_settings()
+        .clone()
+        .set_protocol(redis::ProtocolVersion::RESP3);
+    let client = match redis::Client::open(info.set_redis_settings(resp3)) {
+        Ok(c) => c,
+        Err(e) => return WatchEnd::Unsupported(e),
+    };
+    let (tx, mut pushes) = tokio::sync::mpsc::unbounded_channel();
+    let acfg = redis::AsyncConnectionConfig::new()
+        .set_response_timeout(Some(Duration::from_millis(WATCH_BLOCK_MS)))
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_push_sender(tx);
+    let mut conn = match client
+        .get_multiplexed_async_connection_with_config(&acfg)
+        .await
+    {
+        Ok(c) => c,
+        // HELLO 3 refused by an old server or a proxy.
+        Err(e) if refused(&e) => return WatchEnd::Unsupported(e),
+        Err(e) => return WatchEnd::Failed(e),
+    };
+    let on: redis::RedisResult<()> = redis::cmd("CLIENT")
+        .arg("TRACKING")
+        .arg("ON")
+        .query_async(&mut conn)
+        .await;
+    match on {
+        Ok(()) => {}
+        Err(e) if refused(&e) => return WatchEnd::Unsupported(e),
+        Err(e) => return WatchEnd::Failed(e),
+    }
+    st.tracking.store(true, Relaxed);
+    let mut last = None;
+    loop {
+        if let Err(e) = check_last_id(&mut conn, key, script, &mut last, wake, st).await {
+            return WatchEnd::Failed(e);
+        }
+        let checked = Instant::now();
+        // Any push (an invalidation, or the client's own disconnect notice)
+        // means: look again. The timeout re-checks, which also tests the link.
+        match tokio::time::timeout(Duration::from_millis(WATCH_BLOCK_MS), pushes.recv()).await {
+            Ok(Some(p)) => {
+                if p.kind == redis::PushKind::Invalidate {
+                    st.invalidations.fetch_add(1, Relaxed);
+                }
+                // Every finished task's XDEL invalidates too: under load, at
+                // most one check per MIN_CHECK_GAP (a push waits that long at most).
+                if let Some(rest) = MIN_CHECK_GAP.checked_sub(checked.elapsed()) {
+                    tokio::time::sleep(rest).await;
+                }
+                // Several changes may be queued: one check covers them all.
+                while pushes.try_recv().is_ok() {}
+            }
+            Ok(None) => {
+                return WatchEnd::Failed(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "push channel closed",
+                )))
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// The entry ids in an XREAD reply, as raw values: field names and values
+/// are never decoded (they may be anything a producer wrote).
+fn xread_ids(v: &redis::Value) -> Vec<String> {
+    use redis::Value as V;
+    let streams: Vec<&V> = match v {
+        V::Array(a) => a
+            .iter()
+            .filter_map(|s| match s {
+                V::Array(kv) if kv.len() == 2 => Some(&kv[1]),
+                _ => None,
+            })
+            .collect(),
+        V::Map(m) => m.iter().map(|(_, e)| e).collect(),
+        _ => Vec::new(),
+    };
+    streams
+        .into_iter()
+        .filter_map(|e| match e {
+            V::Array(entries) => Some(entries),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|e| match e {
+            V::Array(pair) => match pair.first() {
+                Some(V::BulkString(b)) => Some(String::from_utf8_lossy(b).into_owned()),
+                Some(V::SimpleString(s)) => Some(s.clone()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+async fn watch_xread(
+    client: &redis::Client,
+    key: &str,
+    script: &redis::Script,
+    wake: &Notify,
+    st: &WatcherStats,
+) -> WatchEnd {
+    let acfg = redis::AsyncConnectionConfig::new()
+        .set_response_timeout(Some(Duration::from_millis(WATCH_BLOCK_MS + 5000)))
+        .set_connection_timeout(Some(Duration::from_secs(5)));
+    let mut conn = match client
+        .get_multiplexed_async_connection_with_config(&acfg)
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => return WatchEnd::Failed(e),
+    };
+    let mut last = "$".to_string();
+    loop {
+        let r: redis::RedisResult<redis::Value> = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(1)
+            .arg("BLOCK")
+            .arg(WATCH_BLOCK_MS)
+            .arg("STREAMS")
+            .arg(key)
+            .arg(&last)
+            .query_async(&mut conn)
+            .await;
+        match r {
+            Ok(v) => {
+                if let Some(id) = xread_ids(&v).pop() {
+                    st.wakes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    wake.notify_one();
+                    // Skip the rest of a burst without reading it.
+                    let newest: redis::RedisResult<String> =
+                        script.key(key).invoke_async(&mut conn).await;
+                    last = match newest {
+                        Ok(n) if !n.is_empty() => n,
+                        _ => id,
+                    };
+                }
+            }
+            Err(e) => return WatchEnd::Failed(e),
+        }
+    }
 }
 
 fn spawn_watcher(sd: &Systemd, wake: Arc<Notify>) -> tokio::task::JoinHandle<()> {

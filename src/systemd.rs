@@ -27,6 +27,15 @@ pub const UNIT_SUFFIX: &str = ".service";
 /// D-Bus object-path prefix of worker units (`-` is `_2d`, `@` is `_40`).
 const UNIT_PATH_PREFIX: &str = "/org/freedesktop/systemd1/unit/peagen_2dworker_40";
 
+/// `CLOCK_MONOTONIC` in microseconds: the clock of systemd's `*Monotonic`
+/// unit timestamps, so start-up phases logged by the spawner and the worker
+/// line up with systemd's own (scripts/bench-spawner.sh joins them).
+pub fn monotonic_us() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1_000)
+        .unwrap_or(0)
+}
+
 pub fn unit_name(worker_id: &str) -> String {
     format!("{UNIT_PREFIX}{worker_id}{UNIT_SUFFIX}")
 }
@@ -124,6 +133,8 @@ pub struct StartOutcome {
     pub result: String,
     /// From the StartTransientUnit call to the job's end (READY=1 for Type=notify).
     pub elapsed: Duration,
+    /// [`monotonic_us`] at the StartTransientUnit call.
+    pub called_mono_us: u64,
 }
 
 impl StartOutcome {
@@ -227,6 +238,7 @@ impl Systemd {
             .await
             .context("subscribing to JobRemoved")?;
         let t0 = Instant::now();
+        let called_mono_us = monotonic_us();
         let job = self
             .mgr
             .start_transient_unit(unit.clone(), "fail".into(), props, Vec::new())
@@ -252,6 +264,7 @@ impl Systemd {
             worker_id: worker_id.to_string(),
             result,
             elapsed: t0.elapsed(),
+            called_mono_us,
         })
     }
 

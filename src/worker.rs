@@ -62,6 +62,10 @@ pub(crate) struct Worker {
     /// Entries this worker left pending on purpose (result backend failed);
     /// it keeps retrying them and does not idle-exit while any remain.
     left_pending: std::collections::HashSet<String>,
+    /// Start-up phase marks, logged at `READY=1` (then cleared).
+    startup_marks: Option<StartupMarks>,
+    /// `READY=1` sent (start-up may be retried after it, on Redis errors).
+    announced: bool,
 }
 
 /// What happened to one entry (for logs and tests).
@@ -76,6 +80,17 @@ pub(crate) enum Handled {
     LeftPending,
     /// Someone else owns or finished it.
     Lost,
+}
+
+/// `CLOCK_MONOTONIC` marks (µs, [`crate::systemd::monotonic_us`]) of the
+/// start-up phases, logged once with `READY=1` so the spawner benchmark can
+/// line them up with systemd's unit timestamps.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct StartupMarks {
+    pub(crate) main: u64,
+    pub(crate) config: u64,
+    pub(crate) redis: u64,
+    pub(crate) handlers: u64,
 }
 
 pub(crate) fn make_worker_id(configured: &str) -> String {
@@ -107,7 +122,14 @@ impl Worker {
             host: crate::telemetry::hostname(),
             shutdown,
             left_pending: Default::default(),
+            startup_marks: None,
+            announced: false,
         }
+    }
+
+    /// Have [`Worker::run`] log these marks when it sends `READY=1`.
+    pub(crate) fn set_startup_marks(&mut self, m: StartupMarks) {
+        self.startup_marks = Some(m);
     }
 
     pub(crate) fn id(&self) -> &str {
@@ -251,7 +273,24 @@ impl Worker {
     }
 
     async fn startup(&mut self) -> Result<(), QueueError> {
+        // READY=1 as soon as Redis answered (the connection is up); the group
+        // is made sure of afterwards, before the first read: tasks wait for
+        // it here, the start job does not (one round trip less before READY).
+        if !self.announced {
+            self.announce();
+        }
         self.queue.ensure_group().await?;
+        // Crash recovery: first finish what this consumer id already holds.
+        let n = self.drain_own_pel().await?;
+        if n > 0 {
+            tracing::info!(worker_id = %self.id, entries = n, "re-processed own pending entries");
+        }
+        Ok(())
+    }
+
+    /// `READY=1` (once), with the start-up phase marks in the log.
+    fn announce(&mut self) {
+        self.announced = true;
         notify(&[
             NotifyState::Ready,
             NotifyState::Status(&format!(
@@ -259,14 +298,15 @@ impl Worker {
                 self.cfg.redis.tasks_stream, self.id
             )),
         ]);
+        let ready_mono = crate::systemd::monotonic_us();
+        if let Some(m) = self.startup_marks.take() {
+            // One line per start, for scripts/bench-spawner.sh's phase table.
+            tracing::info!(worker_id = %self.id, main_mono_us = m.main, config_mono_us = m.config,
+                redis_mono_us = m.redis, handlers_mono_us = m.handlers, ready_mono_us = ready_mono,
+                "worker start-up");
+        }
         tracing::info!(worker_id = %self.id, stream = %self.cfg.redis.tasks_stream, group = %self.cfg.redis.group,
             handlers = ?self.handlers.kinds().collect::<Vec<_>>(), "worker ready");
-        // Crash recovery: first finish what this consumer id already holds.
-        let n = self.drain_own_pel().await?;
-        if n > 0 {
-            tracing::info!(worker_id = %self.id, entries = n, "re-processed own pending entries");
-        }
-        Ok(())
     }
 
     /// Re-read and process this consumer's pending entries. Returns how many

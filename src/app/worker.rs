@@ -5,7 +5,7 @@ use crate::config::Config;
 use crate::metrics::{labels, WorkerMetrics};
 use crate::queue::Queue;
 use crate::telemetry::notify;
-use crate::worker::{pending_gauge_loop, ExitReason, Worker, FLEET_FLUSH_EVERY};
+use crate::worker::{pending_gauge_loop, ExitReason, StartupMarks, Worker, FLEET_FLUSH_EVERY};
 use sd_notify::NotifyState;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +37,7 @@ pub(crate) enum WorkerCmd {
 /// `peagen-worker` entry point; returns the process exit code.
 pub fn cli_main() -> i32 {
     use clap::Parser;
+    let main_mono = crate::systemd::monotonic_us();
     let cli = match WorkerCli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return crate::sandbox::cli::usage_exit(&e),
@@ -52,10 +53,15 @@ pub fn cli_main() -> i32 {
         Ok(x) => x,
         Err(code) => return code,
     };
-    rt.block_on(async_main(cfg))
+    let marks = StartupMarks {
+        main: main_mono,
+        config: crate::systemd::monotonic_us(),
+        ..Default::default()
+    };
+    rt.block_on(async_main(cfg, marks))
 }
 
-async fn async_main(cfg: Config) -> i32 {
+async fn async_main(cfg: Config, mut marks: StartupMarks) -> i32 {
     let mut reg = crate::metrics::new_registry();
     let metrics = WorkerMetrics::new(&mut reg);
     let reg = Arc::new(std::sync::Mutex::new(reg));
@@ -67,7 +73,10 @@ async fn async_main(cfg: Config) -> i32 {
     let budget = Duration::from_secs(cfg.worker.idle_exit_secs);
     let queue = loop {
         match Queue::connect_for(&cfg).await {
-            Ok(q) => break Arc::new(q),
+            Ok(q) => {
+                marks.redis = crate::systemd::monotonic_us();
+                break Arc::new(q);
+            }
             Err(e) => {
                 if *rx.borrow() {
                     metrics
@@ -118,6 +127,8 @@ async fn async_main(cfg: Config) -> i32 {
     let flusher = tokio::spawn(sink.clone().run(queue.clone(), FLEET_FLUSH_EVERY));
     let fleet_queue = queue.clone();
     let mut w = Worker::new(cfg, queue, metrics.clone(), rx);
+    marks.handlers = crate::systemd::monotonic_us();
+    w.set_startup_marks(marks);
     let reason = w.run().await;
     notify(&[
         NotifyState::Stopping,

@@ -1,0 +1,80 @@
+//! Worker start-up order: `READY=1` goes out once Redis answers, without
+//! waiting for the consumer group (one round trip less in every spawn), and
+//! a task pushed right after READY still waits for the group and is done.
+
+mod support;
+
+use std::os::unix::net::UnixDatagram;
+use std::time::Duration;
+use support::{eventually, push, write_config, Redis, WorkerProc};
+
+/// A notify socket like systemd's; returns everything received so far.
+struct NotifySocket {
+    sock: UnixDatagram,
+    path: std::path::PathBuf,
+    got: String,
+}
+
+impl NotifySocket {
+    fn new(dir: &std::path::Path) -> Self {
+        let path = dir.join("notify.sock");
+        let sock = UnixDatagram::bind(&path).unwrap();
+        sock.set_nonblocking(true).unwrap();
+        NotifySocket {
+            sock,
+            path,
+            got: String::new(),
+        }
+    }
+
+    fn received(&mut self) -> &str {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = self.sock.recv(&mut buf) {
+            self.got.push_str(&String::from_utf8_lossy(&buf[..n]));
+            self.got.push('\n');
+        }
+        &self.got
+    }
+}
+
+fn config(dir: &std::path::Path) -> std::path::PathBuf {
+    write_config(dir, "[worker]\nidle-exit-secs = 0\n")
+}
+
+/// XGROUP refused (renamed away): the worker still announces READY=1, since
+/// it is connected; it does not consume until the group exists.
+#[test]
+fn ready_does_not_wait_for_the_consumer_group() {
+    let r = Redis::start_args(false, &["--rename-command", "XGROUP", ""]);
+    let dir = tempfile::tempdir_in(support::scratch()).unwrap();
+    let cfg = config(dir.path());
+    let mut ns = NotifySocket::new(dir.path());
+    let path = ns.path.to_str().unwrap().to_string();
+    let mut w = WorkerProc::start(&r, &cfg, "w-ready", &[("NOTIFY_SOCKET", &path)]);
+    eventually(Duration::from_secs(30), "READY=1 from the worker", || {
+        ns.received().contains("READY=1")
+    });
+    w.kill9();
+}
+
+/// A fresh Redis (no stream, no group): READY first, then the group, and a
+/// task pushed as soon as READY arrived is done.
+#[test]
+fn a_task_pushed_at_ready_is_done() {
+    let r = Redis::start();
+    let dir = tempfile::tempdir_in(support::scratch()).unwrap();
+    let cfg = config(dir.path());
+    let mut ns = NotifySocket::new(dir.path());
+    let path = ns.path.to_str().unwrap().to_string();
+    let mut w = WorkerProc::start(&r, &cfg, "w-first", &[("NOTIFY_SOCKET", &path)]);
+    eventually(Duration::from_secs(30), "READY=1 from the worker", || {
+        ns.received().contains("READY=1")
+    });
+    let id = push(&r, &cfg, "echo", "t-first");
+    eventually(Duration::from_secs(30), "the task's result", || {
+        r.stream_data("peagen.results")
+            .iter()
+            .any(|v| v["task_id"] == id.as_str() && v["status"] == "ok")
+    });
+    w.kill9();
+}
