@@ -656,7 +656,7 @@ fn limits_report_is_honest() {
 }
 
 fn parallel_runs_do_not_interfere() {
-    let sb = (sandbox(|_| {}));
+    let sb = sandbox(|_| {});
     let hs: Vec<_> = (0..4)
         .map(|i| {
             let sb = sb.clone();
@@ -678,7 +678,7 @@ fn parallel_runs_do_not_interfere() {
 /// they share the pre-made empty netns (landlock scoping) or not.
 fn concurrent_tasks_cannot_connect_to_each_other() {
     let name = format!("peagen-peer-{}", std::process::id());
-    let sb = (sandbox(|c| c.wall_ms = 4_000));
+    let sb = sandbox(|c| c.wall_ms = 4_000);
     let a = {
         let sb = sb.clone();
         let src = format!(
