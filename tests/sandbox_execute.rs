@@ -11,6 +11,15 @@ async fn run(payload: serde_json::Value) -> peagen_fabric::handlers::Outcome {
     h.run(&Task::new("execute", payload)).await
 }
 
+/// With warm mode off: every prototype task starts its own interpreter.
+async fn run_cold(payload: serde_json::Value) -> peagen_fabric::handlers::Outcome {
+    let h = Execute::new(SandboxConfig {
+        warm: false,
+        ..Default::default()
+    });
+    h.run(&Task::new("execute", payload)).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn argv_form_with_files_stdin_env() {
     let o = run(json!({
@@ -33,6 +42,14 @@ async fn argv_form_with_files_stdin_env() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prototype_form_calls_entry_fn() {
+    let o = run_cold(json!({
+        "child_src": "print('user output')\ndef score():\n    return {'n': sum(range(10))}\n",
+        "entry_fn": "score"
+    }))
+    .await;
+    assert_eq!(o.status, Status::Ok, "{o:?}");
+    assert_eq!(o.data["result"], json!({"n": 45}));
+    assert_eq!(o.data["verdict"]["stdout"], "user output\n");
     let o = run(json!({
         "child_src": "print('user output')\ndef score():\n    return {'n': sum(range(10))}\n",
         "entry_fn": "score"
@@ -143,6 +160,17 @@ async fn entry_fn_gets_args_and_kwargs() {
     }))
     .await;
     assert_eq!(o.data["result"], json!([1, 2, 3]), "{o:?}");
+    // The cold driver passes them too (on stdin).
+    let o = run_cold(json!({
+        "child_src": "def sort(a, reverse=False):\n    return sorted(a, reverse=reverse)\n",
+        "entry_fn": "sort",
+        "args": [[3, 1, 2]],
+        "kwargs": {"reverse": true}
+    }))
+    .await;
+    assert_eq!(o.status, Status::Ok, "{o:?}");
+    assert_eq!(o.data["result"], json!([3, 2, 1]));
+    assert!(o.data["speed_ms"].as_f64().unwrap() >= 0.0);
     for (bad, msg) in [
         (
             json!({"args": {"a": 1}}),

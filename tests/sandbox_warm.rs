@@ -4,7 +4,7 @@
 //! its parent does not affect the next task.
 
 use peagen_fabric::config::SandboxConfig;
-use peagen_fabric::sandbox::{LimitRequest, Sandbox, Status, Verdict, WarmRequest};
+use peagen_fabric::sandbox::{LimitRequest, Mechanism, Sandbox, Status, Verdict, WarmRequest};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -173,7 +173,17 @@ fn memory_limit_and_timeouts_then_the_next_task_is_right() {
             ..Default::default()
         },
     );
-    assert_eq!(v.status, Status::MemoryLimit, "{v:?}");
+    match v.limits.memory_bytes.mechanism {
+        Mechanism::CgroupV1 | Mechanism::CgroupV2 => {
+            assert_eq!(v.status, Status::MemoryLimit, "{v:?}")
+        }
+        // Unprivileged without a delegated cgroup: RLIMIT_AS.
+        Mechanism::Rlimit => {
+            assert_eq!(v.status, Status::RuntimeError, "{v:?}");
+            assert!(v.stderr.contains("MemoryError"), "{v:?}");
+        }
+        m => panic!("memory limit not enforced: {m:?}"),
+    }
     probe_ok(&sb, "filling its memory limit");
     let v = call_with(
         &sb,
