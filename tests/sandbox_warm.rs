@@ -6,7 +6,10 @@
 use peagen_fabric::config::SandboxConfig;
 use peagen_fabric::sandbox::{LimitRequest, Mechanism, Sandbox, Status, Verdict, WarmRequest};
 use serde_json::{json, Value};
+use std::path::Path;
 use std::sync::Arc;
+
+mod support;
 
 fn sandbox(f: impl FnOnce(&mut SandboxConfig)) -> Arc<Sandbox> {
     let mut cfg = SandboxConfig {
@@ -242,4 +245,170 @@ fn warm_mode_can_be_turned_off() {
         ..Default::default()
     };
     assert!(sb.run_warm(&req).is_err());
+}
+
+/// The benchmark of issue 12: the prototype's three-line function, side by
+/// side in one run: plain `python3 -c` outside any sandbox, bwrap running
+/// python3, the cold sandboxed child_src and warm mode (median and p95 of
+/// the sandbox wall time; for the two unsandboxed rows the process's
+/// fork-to-exit time), then tasks/s through ONE real worker with a real
+/// redis-server, cold and warm. `SANDBOX_BENCH_N` sets the iterations
+/// (default 300). Prints a table; asserts only that every task succeeded.
+#[test]
+#[ignore = "benchmark: cargo test --test sandbox_warm -- --ignored bench_ --nocapture"]
+fn bench_warm_execute_vs_cold() {
+    use peagen_fabric::handlers::execute::Execute;
+    use peagen_fabric::handlers::Handler;
+    use peagen_fabric::task::{Status as TaskStatus, Task};
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    let n: usize = std::env::var("SANDBOX_BENCH_N")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
+    const SRC: &str = "def sort(a):\n    b = sorted(a)\n    return b\n";
+    let payload = json!({"child_src": SRC, "entry_fn": "sort", "args": [[5, 3, 1, 4, 2]]});
+    let standalone = format!("{SRC}import json\nprint(json.dumps(sort([5, 3, 1, 4, 2])))\n");
+    let stats = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
+        (q(0.5), q(0.95))
+    };
+    let timed = |f: &mut dyn FnMut() -> f64| -> Vec<f64> {
+        for _ in 0..n / 10 {
+            f();
+        }
+        (0..n).map(|_| f()).collect()
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let handler_wall = |warm: bool| {
+        let h = Execute::new(SandboxConfig {
+            warm,
+            ..Default::default()
+        });
+        let payload = payload.clone();
+        let rt = &rt;
+        move || -> f64 {
+            let o = rt.block_on(h.run(&Task::new("execute", payload.clone())));
+            assert_eq!(o.status, TaskStatus::Ok, "{o:?}");
+            assert_eq!(o.data["result"], json!([1, 2, 3, 4, 5]));
+            o.data["verdict"]["wall_ms"].as_f64().unwrap()
+        }
+    };
+    fn process(mut c: Command) -> f64 {
+        let t = Instant::now();
+        let s = c
+            .stdout(Stdio::null())
+            .stdin(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(s.success());
+        t.elapsed().as_secs_f64() * 1000.0
+    }
+    let mut rows: Vec<(String, Vec<f64>)> = Vec::new();
+    let py = || {
+        let mut c = Command::new("/usr/bin/python3");
+        c.args(["-c", &standalone]);
+        c
+    };
+    rows.push((
+        "python3 -c, plain fork+exec (no sandbox)".into(),
+        timed(&mut || process(py())),
+    ));
+    if Path::new("/usr/bin/bwrap").exists() {
+        let bw = || {
+            let mut c = Command::new("/usr/bin/bwrap");
+            c.args([
+                "--unshare-all",
+                "--die-with-parent",
+                "--ro-bind",
+                "/usr",
+                "/usr",
+                "--symlink",
+                "usr/lib",
+                "/lib",
+                "--symlink",
+                "usr/lib64",
+                "/lib64",
+                "--symlink",
+                "usr/bin",
+                "/bin",
+                "--proc",
+                "/proc",
+                "--dev",
+                "/dev",
+                "--tmpfs",
+                "/tmp",
+                "/usr/bin/python3",
+                "-c",
+                &standalone,
+            ]);
+            c
+        };
+        rows.push((
+            "bwrap --unshare-all python3 -c".into(),
+            timed(&mut || process(bw())),
+        ));
+    }
+    rows.push((
+        "peagen sandbox, cold child_src (warm = false)".into(),
+        timed(&mut handler_wall(false)),
+    ));
+    rows.push((
+        "peagen sandbox, warm mode".into(),
+        timed(&mut handler_wall(true)),
+    ));
+
+    // Tasks/s through one real worker (default config but `warm`).
+    let tput = |warm: bool| -> f64 {
+        let r = support::Redis::start();
+        let dir = tempfile::tempdir_in(support::scratch()).unwrap();
+        let cfg = support::write_config(dir.path(), &format!("[sandbox]\nwarm = {warm}\n"));
+        let q = rt.block_on(async {
+            let mut c = peagen_fabric::config::Config::default().redis;
+            c.url = r.url();
+            let q = peagen_fabric::queue::Queue::connect(&c).await.unwrap();
+            q.ensure_group().await.unwrap();
+            q
+        });
+        let _w = support::WorkerProc::start(&r, &cfg, "bench-w", &[]);
+        let task = || Task::new("execute", payload.clone());
+        let wait_results = |k: i64| {
+            while r.int(&["XLEN", "peagen.results"]) < k {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        };
+        rt.block_on(q.push(&task())).unwrap();
+        wait_results(1);
+        let tasks: Vec<Task> = (0..n).map(|_| task()).collect();
+        let t = Instant::now();
+        rt.block_on(q.push_many(&tasks)).unwrap();
+        wait_results(n as i64 + 1);
+        let secs = t.elapsed().as_secs_f64();
+        let ok = r.stream_data("peagen.results");
+        let bad: Vec<_> = ok.iter().filter(|d| d["status"] != "ok").collect();
+        assert!(bad.is_empty(), "{:?}", bad.first());
+        n as f64 / secs
+    };
+    let cold_tps = tput(false);
+    let warm_tps = tput(true);
+
+    println!(
+        "\nissue 12 benchmark: `def sort(a)` (three lines), n={n} per row, {} cores",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!("| how | median ms | p95 ms |");
+    println!("|---|---|---|");
+    let mut med = std::collections::BTreeMap::new();
+    for (name, v) in rows {
+        let (m, p) = stats(v);
+        med.insert(name.clone(), m);
+        println!("| {name} | {m:.2} | {p:.2} |");
+    }
+    println!("\n| one worker + redis | tasks/s |");
+    println!("|---|---|");
+    println!("| cold child_src (warm = false) | {cold_tps:.0} |");
+    println!("| warm mode | {warm_tps:.0} |");
+    println!("\nwarm / cold tasks/s: {:.1}x", warm_tps / cold_tps);
 }
