@@ -66,6 +66,7 @@ def main(a):
         "work": sorted(os.listdir("/work")),
         "procs": sorted(procs),
         "ppid_alive": os.getppid() > 1,
+        "shm": len(open("/proc/sysvipc/shm").read().splitlines()) - 1,
     }
 "#;
 
@@ -78,6 +79,7 @@ fn probe_ok(sb: &Arc<Sandbox>, after: &str) {
     assert_eq!(r["global"], false, "after {after}");
     assert_eq!(r["threads"], 1, "after {after}");
     assert_eq!(r["work"], json!(["child.py"]), "after {after}");
+    assert_eq!(r["shm"], 0, "after {after}");
     // Only this task is visible (the reaper and the zygote are hidden).
     assert_eq!(
         r["procs"].as_array().map(Vec::len),
@@ -125,7 +127,7 @@ fn state_changes_do_not_reach_the_next_task() {
         ),
         (
             "leaving a thread",
-            "import threading, time\ndef main():\n    threading.Thread(target=time.sleep, args=(60,), daemon=False).start()\n    return 1\n",
+            "import threading, time\ndef main():\n    threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n    return 1\n",
         ),
         (
             "leaving a child process",
@@ -134,6 +136,10 @@ fn state_changes_do_not_reach_the_next_task() {
         (
             "leaving a file",
             "def main():\n    open('/work/left', 'w').write('x')\n    open('/tmp/left2', 'w').write('x')\n    return 1\n",
+        ),
+        (
+            "leaving a SysV shared memory segment",
+            "import ctypes\ndef main():\n    libc = ctypes.CDLL(None)\n    return libc.shmget(0, 4096, 0o1600)\n",
         ),
         (
             "killing itself",
@@ -153,10 +159,10 @@ fn state_changes_do_not_reach_the_next_task() {
         assert_ne!(v.status, Status::InternalError, "{what}: {v:?}");
         probe_ok(&sb, what);
     }
-    let v = call(&sb, tasks[5].1, json!([]));
+    let v = call(&sb, tasks[6].1, json!([]));
     assert_eq!(v.status, Status::Signal, "{v:?}");
     assert_eq!(v.signal_name.as_deref(), Some("SIGKILL"));
-    let v = call(&sb, tasks[7].1, json!([]));
+    let v = call(&sb, tasks[8].1, json!([]));
     assert_eq!(
         (v.status, v.exit_code),
         (Status::RuntimeError, Some(3)),

@@ -20,7 +20,8 @@
 //!    for a cold task, on the child's pidfd and the task cgroups; when the
 //!    child has ended it kills whatever is left in the task cgroups;
 //! 5. the zygote reaps the child, empties `/work` and reports the wait
-//!    status and rusage on the control socket;
+//!    status, rusage, what is left in `/work` and the SysV IPC objects in
+//!    its ipc namespace on the control socket;
 //! 6. the supervisor checks the zygote ([`Zygote::healthy`]) and keeps it
 //!    for the next task only when nothing changed that should not have and
 //!    fewer than `warm-tasks-per-zygote` tasks have used it; any doubt kills
@@ -256,13 +257,16 @@ impl Zygote {
 
     /// Everything that must hold after a task for the zygote to serve the
     /// next one; the first failed check, if any.
-    fn unhealthy(&self, left_in_work: u64) -> Option<&'static str> {
+    fn unhealthy(&self, left_in_work: u64, ipc_objects: u64) -> Option<&'static str> {
         let reaper = self.run.child.pid;
         if wait_readable(self.run.child.pidfd.as_fd(), Duration::ZERO) {
             return Some("the zygote's pid namespace ended");
         }
         if left_in_work != 0 {
             return Some("/work could not be emptied");
+        }
+        if ipc_objects != 0 {
+            return Some("SysV IPC objects left in the zygote's ipc namespace");
         }
         if status_field(self.pid, "Threads") != Some(1) {
             return Some("the zygote is not single-threaded");
@@ -414,7 +418,7 @@ impl Zygote {
                     .split_whitespace()
                     .filter_map(|x| x.parse().ok())
                     .collect();
-                (f.len() == 5).then_some(f)
+                (f.len() == 6).then_some(f)
             });
         let wall_ms = start.elapsed().as_secs_f64() * 1000.0;
         while out.open && out.read() {}
@@ -478,7 +482,7 @@ impl Zygote {
             &eff,
             &python,
         );
-        let health = match self.unhealthy(f[4] as u64) {
+        let health = match self.unhealthy(f[4] as u64, f[5] as u64) {
             Some(why) => Err(why.to_string()),
             None => Ok(()),
         };

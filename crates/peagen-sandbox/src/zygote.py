@@ -3,7 +3,11 @@
 # capabilities), imports the runtime once, and never runs task code itself:
 # per task it forks a child that waits until the supervisor has put it into
 # the task's own cgroups, then applies the task's rlimits and runs the task.
-import importlib.util, json, os, resource, shutil, socket, sys, time, traceback
+import atexit, ctypes, gc, importlib.util, json, os, resource, shutil, socket, sys, time, traceback
+
+# Loaded once here: every task child inherits them (no per-task import).
+LIBC = ctypes.CDLL(None, use_errno=True)
+LIBC.syscall.restype = ctypes.c_long
 
 MARK = "\x1ePEAGEN_RESULT "
 
@@ -11,8 +15,7 @@ MARK = "\x1ePEAGEN_RESULT "
 def undumpable():
     # Tasks run as the same uid: not dumpable = they cannot open
     # /proc/<zygote>/mem or ptrace it (and /proc hides it from them).
-    import ctypes
-    if ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE
+    if LIBC.prctl(4, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE
         sys.exit(3)
 
 
@@ -22,9 +25,7 @@ def nested_domain():
     # signalling, the zygote. It restricts nothing else (making block
     # devices is denied anyway). Best effort: without it the zygote is
     # still not dumpable, and a dead zygote is replaced.
-    import ctypes
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
+    libc = LIBC
     attr = (ctypes.c_uint64 * 3)(1 << 11, 0, 3)  # MAKE_BLOCK; scoped: unix+signal
     for size in (24, 16, 8):
         fd = libc.syscall(444, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
@@ -48,6 +49,19 @@ def clean_work():
                 os.unlink(e.path)
         except OSError:
             pass
+
+
+def ipc_objects():
+    # SysV IPC objects outlive their creator in the ipc namespace that the
+    # zygote shares with its tasks: a leftover one retires the zygote.
+    n = 0
+    for kind in ("shm", "sem", "msg"):
+        try:
+            with open("/proc/sysvipc/" + kind) as f:
+                n += max(0, len(f.read().splitlines()) - 1)
+        except OSError:
+            n += 1
+    return n
 
 
 def read_all(fd):
@@ -116,6 +130,14 @@ def task(ctl, fds, null):
     except BaseException:
         traceback.print_exc()
         code = 1
+    # What a normal interpreter exit does (as a cold task's): wait for
+    # non-daemon threads, run atexit handlers, flush.
+    try:
+        if "threading" in sys.modules:
+            sys.modules["threading"]._shutdown()
+        atexit._run_exitfuncs()
+    except BaseException:
+        traceback.print_exc()
     try:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -128,6 +150,9 @@ def main():
     undumpable()
     ctl = socket.socket(fileno=0)
     null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+    # Objects that exist now are never scanned by a child's collector, so
+    # its GC does not copy the zygote's pages (copy-on-write).
+    gc.freeze()
     ctl.send(b"ready")
     while True:
         try:
@@ -144,8 +169,9 @@ def main():
         _, st, ru = os.wait4(pid, 0)
         clean_work()
         left = len(os.listdir("/work"))
-        ctl.send(b"%d %d %d %d %d" % (
-            st, int(ru.ru_utime * 1e6), int(ru.ru_stime * 1e6), ru.ru_maxrss, left))
+        ctl.send(b"%d %d %d %d %d %d" % (
+            st, int(ru.ru_utime * 1e6), int(ru.ru_stime * 1e6), ru.ru_maxrss, left,
+            ipc_objects()))
 
 
 main()
