@@ -185,12 +185,18 @@ fn drain(fd: BorrowedFd<'_>) -> bool {
     any
 }
 
-fn status_field(pid: i32, key: &str) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines().find_map(|l| {
-        let v = l.strip_prefix(key)?.strip_prefix(':')?;
-        v.split_whitespace().next()?.parse().ok()
-    })
+/// `(Threads, VmRSS in kB)` from `/proc/PID/status` (one read).
+fn threads_rss(pid: i32) -> (Option<u64>, Option<u64>) {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return (None, None);
+    };
+    let field = |key: &str| {
+        s.lines().find_map(|l| {
+            let v = l.strip_prefix(key)?.strip_prefix(':')?;
+            v.split_whitespace().next()?.parse().ok()
+        })
+    };
+    (field("Threads"), field("VmRSS"))
 }
 
 fn fd_count(pid: i32) -> Option<usize> {
@@ -250,7 +256,7 @@ impl Zygote {
         if children(z.run.child.pid) != Some(vec![z.pid]) {
             return Err("the zygote is not the reaper's only child".into());
         }
-        z.base_rss_kb = status_field(z.pid, "VmRSS").unwrap_or(0);
+        z.base_rss_kb = threads_rss(z.pid).1.unwrap_or(0);
         z.base_fds = fd_count(z.pid).unwrap_or(0);
         Ok(z)
     }
@@ -268,7 +274,8 @@ impl Zygote {
         if ipc_objects != 0 {
             return Some("SysV IPC objects left in the zygote's ipc namespace");
         }
-        if status_field(self.pid, "Threads") != Some(1) {
+        let (threads, rss) = threads_rss(self.pid);
+        if threads != Some(1) {
             return Some("the zygote is not single-threaded");
         }
         if children(self.pid).is_none_or(|c| !c.is_empty()) {
@@ -277,7 +284,7 @@ impl Zygote {
         if children(reaper) != Some(vec![self.pid]) {
             return Some("processes left in the zygote's pid namespace");
         }
-        if status_field(self.pid, "VmRSS").is_none_or(|r| r > self.base_rss_kb + RSS_SLACK_KB) {
+        if rss.is_none_or(|r| r > self.base_rss_kb + RSS_SLACK_KB) {
             return Some("the zygote's resident memory grew");
         }
         if fd_count(self.pid) != Some(self.base_fds) {
