@@ -367,7 +367,7 @@ fn bench_warm_execute_vs_cold() {
     ));
 
     // Tasks/s through one real worker (default config but `warm`).
-    let tput = |warm: bool| -> f64 {
+    let tput = |warm: bool, payload: &Value| -> f64 {
         let r = support::Redis::start();
         let dir = tempfile::tempdir_in(support::scratch()).unwrap();
         let cfg = support::write_config(dir.path(), &format!("[sandbox]\nwarm = {warm}\n"));
@@ -397,8 +397,11 @@ fn bench_warm_execute_vs_cold() {
         assert!(bad.is_empty(), "{:?}", bad.first());
         n as f64 / secs
     };
-    let cold_tps = tput(false);
-    let warm_tps = tput(true);
+    let cold_tps = tput(false, &payload);
+    let warm_tps = tput(true, &payload);
+    // The worker's own per-task floor on this machine right now: the
+    // cheapest sandboxed task there is.
+    let true_tps = tput(false, &json!({"argv": ["/bin/true"]}));
 
     println!(
         "\nissue 12 benchmark: `def sort(a)` (three lines), n={n} per row, {} cores",
@@ -416,5 +419,6 @@ fn bench_warm_execute_vs_cold() {
     println!("|---|---|");
     println!("| cold child_src (warm = false) | {cold_tps:.0} |");
     println!("| warm mode | {warm_tps:.0} |");
+    println!("| (floor: argv [\"/bin/true\"], cold) | {true_tps:.0} |");
     println!("\nwarm / cold tasks/s: {:.1}x", warm_tps / cold_tps);
 }
