@@ -636,6 +636,9 @@ impl Config {
         if self.sandbox.pids == 0 {
             errs.push("sandbox.pids must be at least 1".into());
         }
+        if self.sandbox.warm_tasks_per_zygote == 0 {
+            errs.push("sandbox.warm-tasks-per-zygote must be at least 1".into());
+        }
         errs.extend(self.llm.problems());
         for k in self.llm.kinds() {
             if kinds.contains(&k)

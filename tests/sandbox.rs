@@ -5,21 +5,109 @@
 //! verdict reports, and never depend on timing.
 
 use peagen_fabric::config::SandboxConfig;
-use peagen_fabric::sandbox::{LimitRequest, Mechanism, Request, Sandbox, Status, Verdict};
+use peagen_fabric::sandbox::{
+    LimitRequest, Mechanism, Request, Sandbox, Status, Verdict, WarmRequest,
+};
+use serde_json::json;
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
-fn sandbox(f: impl FnOnce(&mut SandboxConfig)) -> Sandbox {
+thread_local! {
+    /// The mode of the test running on this thread (see `both_modes!`).
+    static WARM: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Every test runs twice: cold (one interpreter per task) and warm (the
+/// command exec'd from a child of the warm zygote, so it runs in exactly
+/// the context a warm task's code runs in).
+fn warm() -> bool {
+    WARM.with(Cell::get)
+}
+
+fn in_mode(warm: bool, test: fn()) {
+    WARM.with(|w| w.set(warm));
+    test();
+}
+
+/// A sandbox in the test's mode.
+#[derive(Clone)]
+struct Sb {
+    sb: Arc<Sandbox>,
+    warm: bool,
+}
+
+/// Runs `argv` from a warm task: files and stdin set up, then exec.
+const EXEC_SRC: &str = r#"
+import os, signal, sys
+def main(argv, files, stdin):
+    for rel, data in files.items():
+        d = os.path.dirname(rel)
+        if d:
+            os.makedirs(d, exist_ok=True)
+        with open(rel, "wb") as f:
+            f.write(bytes(data))
+    r, w = os.pipe()
+    os.write(w, bytes(stdin))
+    os.close(w)
+    os.dup2(r, 0)
+    os.close(r)
+    # Python ignores these; a cold task's command starts with the defaults.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as e:
+        print("cannot execute %r: %s" % (argv[0], e), file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(127 if isinstance(e, FileNotFoundError) else 126)
+"#;
+
+impl Sb {
+    fn exec(&self, req: &Request) -> Verdict {
+        // What the sandbox refuses up front is the same in both modes.
+        if !self.warm || req.validate().is_err() {
+            return self.sb.run(req);
+        }
+        let files: serde_json::Map<String, serde_json::Value> = req
+            .files
+            .iter()
+            .map(|(k, v)| (k.clone(), json!(v)))
+            .collect();
+        let w = WarmRequest {
+            src: EXEC_SRC.into(),
+            entry_fn: "main".into(),
+            args: vec![json!(req.argv), json!(files), json!(req.stdin)],
+            kwargs: Default::default(),
+            env: req.env.clone(),
+            limits: req.limits.clone(),
+        };
+        self.sb.run_warm(&w).expect("warm mode")
+    }
+}
+
+impl std::ops::Deref for Sb {
+    type Target = Sandbox;
+    fn deref(&self) -> &Sandbox {
+        &self.sb
+    }
+}
+
+fn sandbox(f: impl FnOnce(&mut SandboxConfig)) -> Sb {
     let mut cfg = SandboxConfig {
         wall_ms: 20_000,
         ..Default::default()
     };
     f(&mut cfg);
-    Sandbox::new(&cfg).expect("sandbox config")
+    Sb {
+        sb: Arc::new(Sandbox::new(&cfg).expect("sandbox config")),
+        warm: warm(),
+    }
 }
 
-fn sh_in(sb: &Sandbox, script: &str) -> Verdict {
-    sb.run(&Request::new(["/bin/sh", "-c", script]))
+fn sh_in(sb: &Sb, script: &str) -> Verdict {
+    sb.exec(&Request::new(["/bin/sh", "-c", script]))
 }
 
 fn sh(script: &str) -> Verdict {
@@ -27,7 +115,7 @@ fn sh(script: &str) -> Verdict {
 }
 
 fn py(src: &str) -> Verdict {
-    let v = sandbox(|_| {}).run(&Request::new(["/usr/bin/python3", "-c", src]));
+    let v = sandbox(|_| {}).exec(&Request::new(["/usr/bin/python3", "-c", src]));
     assert!(
         !v.stderr.contains("No module named"),
         "python3 incomplete in the sandbox: {v:?}"
@@ -39,7 +127,6 @@ fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-#[test]
 fn ok_and_exit_codes_and_output() {
     let v = sh("echo hello; echo oops >&2");
     assert_eq!(v.status, Status::Ok, "{v:?}");
@@ -49,13 +136,14 @@ fn ok_and_exit_codes_and_output() {
     let v = sh("exit 3");
     assert_eq!(v.status, Status::RuntimeError);
     assert_eq!(v.exit_code, Some(3));
-    let v = sandbox(|_| {}).run(&Request::new(["no-such-program"]));
+    let v = sandbox(|_| {}).exec(&Request::new(["no-such-program"]));
     assert_eq!(v.status, Status::RuntimeError, "{v:?}");
     assert_eq!(v.exit_code, Some(127));
-    assert!(v.message.contains("cannot execute"), "{v:?}");
+    // Warm: the exec is the task's own (EXEC_SRC), so is the message.
+    let msg = if warm() { &v.stderr } else { &v.message };
+    assert!(msg.contains("cannot execute"), "{v:?}");
 }
 
-#[test]
 fn stdin_files_and_env_from_scratch() {
     let sb = sandbox(|_| {});
     let mut req = Request::new([
@@ -67,7 +155,7 @@ fn stdin_files_and_env_from_scratch() {
     req.files
         .insert("sub/dir/f.txt".into(), b"file-content".to_vec());
     req.env.insert("MY_VAR".into(), "x y".into());
-    let v = sb.run(&req);
+    let v = sb.exec(&req);
     assert_eq!(v.status, Status::Ok, "{v:?}");
     assert!(v.stdout.starts_with("from-stdin\nfile-content\n"), "{v:?}");
     assert!(v.stdout.contains("MY_VAR=x y\n"));
@@ -81,20 +169,26 @@ fn stdin_files_and_env_from_scratch() {
     );
     let mut bad = Request::new(["/bin/true"]);
     bad.files.insert("../escape".into(), vec![]);
-    assert_eq!(sb.run(&bad).status, Status::RuntimeError);
+    assert_eq!(sb.exec(&bad).status, Status::RuntimeError);
 }
 
 /// `kill -SEGV $$`: the user process is not PID 1, so the signal is real.
-#[test]
 fn kill_segv_is_reported_as_signal() {
     let v = sh("echo pid=$$; kill -SEGV $$; echo survived");
     assert_eq!(v.status, Status::Signal, "{v:?}");
     assert_eq!(v.signal, Some(libc::SIGSEGV));
     assert_eq!(v.signal_name.as_deref(), Some("SIGSEGV"));
-    assert_eq!(v.stdout, "pid=2\n", "user process must not be PID 1");
+    if warm() {
+        // Reaper 1, zygote 2, the task's child after them.
+        assert!(
+            v.stdout.starts_with("pid=") && v.stdout != "pid=1\n",
+            "{v:?}"
+        );
+    } else {
+        assert_eq!(v.stdout, "pid=2\n", "user process must not be PID 1");
+    }
 }
 
-#[test]
 fn fork_bomb_is_capped_by_pids_limit() {
     let sb = sandbox(|c| {
         c.pids = 24;
@@ -123,7 +217,6 @@ fn fork_bomb_is_capped_by_pids_limit() {
     assert_ne!(v.status, Status::Ok, "{v:?}");
 }
 
-#[test]
 fn memory_bomb_is_contained() {
     memory_bomb_in(&sandbox(|c| c.memory_bytes = 96 << 20));
 }
@@ -133,7 +226,6 @@ fn memory_bomb_is_contained() {
 /// pick it, and kill every process sharing its memory: the worker. Here the
 /// worker (this test process) holds 256 MiB, far more than the task may
 /// use; it must outlive the task's OOM (else this test binary dies).
-#[test]
 fn a_task_at_its_memory_limit_never_takes_the_worker_down() {
     let ballast = vec![1u8; 256 << 20];
     let sb = sandbox(|c| c.memory_bytes = 96 << 20);
@@ -146,8 +238,8 @@ fn a_task_at_its_memory_limit_never_takes_the_worker_down() {
         .all(|&b| b == 1));
 }
 
-fn memory_bomb_in(sb: &Sandbox) {
-    let v = sb.run(&Request::new([
+fn memory_bomb_in(sb: &Sb) {
+    let v = sb.exec(&Request::new([
         "/usr/bin/python3",
         "-c",
         "b=[]\nwhile True: b.append(b'x' * (8 << 20)); print(len(b), flush=True)",
@@ -177,7 +269,6 @@ fn memory_bomb_in(sb: &Sandbox) {
     }
 }
 
-#[test]
 fn cpu_spin_hits_cpu_limit() {
     let sb = sandbox(|c| {
         c.cpu_ms = 300;
@@ -191,7 +282,6 @@ fn cpu_spin_hits_cpu_limit() {
     );
 }
 
-#[test]
 fn sleep_past_wall_clock_is_killed() {
     let sb = sandbox(|c| c.wall_ms = 300);
     let v = sh_in(&sb, "sleep 30; echo woke");
@@ -216,7 +306,6 @@ fn host_procs_with(marker: &str) -> Vec<String> {
     found
 }
 
-#[test]
 fn grandchild_that_outlives_its_parent_is_killed() {
     let marker = format!("1{}.25", std::process::id());
     // Detached grandchild, parent exits 0 at once.
@@ -235,7 +324,6 @@ fn grandchild_that_outlives_its_parent_is_killed() {
     assert!(left.is_empty(), "tree survived the timeout: {left:?}");
 }
 
-#[test]
 fn output_flood_is_capped() {
     let sb = sandbox(|c| c.output_bytes = 64 << 10);
     let v = sh_in(&sb, "yes flood");
@@ -247,7 +335,6 @@ fn output_flood_is_capped() {
     assert!(v.stderr_truncated);
 }
 
-#[test]
 fn no_network_of_any_kind() {
     use std::os::linux::net::SocketAddrExt;
     use std::os::unix::net::{SocketAddr, UnixListener};
@@ -313,7 +400,6 @@ t("unix_abstract", unix_abstract)
     assert!(abs.accept().is_err(), "abstract listener got a connection");
 }
 
-#[test]
 fn host_secrets_are_unreadable() {
     let v = sh(
         "cat /etc/shadow; echo rc=$?; ls /root; echo rc=$?; ls /home; echo rc=$?; \
@@ -335,7 +421,6 @@ fn host_secrets_are_unreadable() {
     }
 }
 
-#[test]
 fn writes_outside_the_work_dir_fail() {
     let v = sh("for p in /x /usr/x /etc/x /dev/x /proc/x /bin/x; do \
            touch $p 2>/dev/null && echo wrote $p; done; \
@@ -347,7 +432,6 @@ fn writes_outside_the_work_dir_fail() {
     assert_eq!(v.stdout, "work-ok\ntmp-ok\ndevnull-ok\n", "{v:?}");
 }
 
-#[test]
 fn file_size_and_tmpfs_limits() {
     let sb = sandbox(|c| {
         c.file_size_bytes = 1 << 20;
@@ -379,7 +463,6 @@ fn ctypes_probe(body: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-#[test]
 fn mounting_is_denied() {
     let r = ctypes_probe(
         "r('mount', libc.mount(b'none', b'/work', b'tmpfs', 0, None))\n\
@@ -396,7 +479,6 @@ fn mounting_is_denied() {
     assert!(!v.stdout.contains("rc=0"), "{v:?}");
 }
 
-#[test]
 fn ptrace_is_denied() {
     let host_pid = std::process::id();
     let r = ctypes_probe(&format!(
@@ -419,7 +501,6 @@ fn ptrace_is_denied() {
 /// are queued when `kill` returns, and the reaper handles its pending
 /// signals before it can reap the shell and report an `Ok` verdict; had one
 /// killed it, the kernel would have killed the whole task with it.
-#[test]
 fn the_reaper_is_out_of_reach() {
     let v = sh("ls /proc | grep -qx 1 && echo listed; \
          for f in environ cmdline maps mem status stat; do \
@@ -431,7 +512,6 @@ fn the_reaper_is_out_of_reach() {
     assert_eq!(v.stdout, "alive\n", "{v:?}");
 }
 
-#[test]
 fn new_namespaces_are_denied() {
     let r = ctypes_probe(
         "r('unshare_user', libc.unshare(0x10000000))\n\
@@ -451,7 +531,6 @@ fn new_namespaces_are_denied() {
     assert!(!v.stdout.contains("rc=0"), "{v:?}");
 }
 
-#[test]
 fn no_capabilities_and_setuid_gains_nothing() {
     let v = sh("grep -E '^(Uid|Cap(Inh|Prm|Eff|Bnd|Amb)|NoNewPrivs|Seccomp):' /proc/self/status");
     for l in [
@@ -496,12 +575,11 @@ fn no_capabilities_and_setuid_gains_nothing() {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o4755)).unwrap();
     let sb = sandbox(|c| c.ro_binds.push(dir.path().to_path_buf()));
-    let v = sb.run(&Request::new([bin.to_str().unwrap()]));
+    let v = sb.exec(&Request::new([bin.to_str().unwrap()]));
     assert_eq!(v.status, Status::Ok, "{v:?}");
     assert_eq!(v.stdout, "euid=0\nCapEff:\t0000000000000000\n", "{v:?}");
 }
 
-#[test]
 fn leaked_descriptors_are_closed() {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     let f = std::fs::File::open("/etc/hostname").unwrap();
@@ -526,7 +604,6 @@ fn leaked_descriptors_are_closed() {
     );
 }
 
-#[test]
 fn tiocsti_is_denied() {
     let r = ctypes_probe(
         "import fcntl, termios\n\
@@ -542,7 +619,6 @@ fn tiocsti_is_denied() {
     assert_ne!(r["devtty"], "OK", "{r:?}");
 }
 
-#[test]
 fn cgroup_namespace_hides_host_paths() {
     let v = sh("cat /proc/self/cgroup");
     assert_eq!(v.status, Status::Ok);
@@ -555,7 +631,6 @@ fn cgroup_namespace_hides_host_paths() {
     }
 }
 
-#[test]
 fn limits_report_is_honest() {
     let v = sh("true");
     let l = &v.limits;
@@ -577,12 +652,11 @@ fn limits_report_is_honest() {
         memory_bytes: Some(1 << 40),
         ..Default::default()
     };
-    assert_eq!(sb.run(&req).limits.memory_bytes.value, 256 << 20);
+    assert_eq!(sb.exec(&req).limits.memory_bytes.value, 256 << 20);
 }
 
-#[test]
 fn parallel_runs_do_not_interfere() {
-    let sb = std::sync::Arc::new(sandbox(|_| {}));
+    let sb = sandbox(|_| {});
     let hs: Vec<_> = (0..4)
         .map(|i| {
             let sb = sb.clone();
@@ -602,10 +676,9 @@ fn parallel_runs_do_not_interfere() {
 
 /// Two concurrent tasks cannot talk over abstract unix sockets, whether
 /// they share the pre-made empty netns (landlock scoping) or not.
-#[test]
 fn concurrent_tasks_cannot_connect_to_each_other() {
     let name = format!("peagen-peer-{}", std::process::id());
-    let sb = std::sync::Arc::new(sandbox(|c| c.wall_ms = 4_000));
+    let sb = sandbox(|c| c.wall_ms = 4_000);
     let a = {
         let sb = sb.clone();
         let src = format!(
@@ -613,7 +686,7 @@ fn concurrent_tasks_cannot_connect_to_each_other() {
              s.listen(5)\ns.settimeout(3.5)\ntry:\n    s.accept(); print('accepted')\n\
              except OSError: print('no-connection')\n"
         );
-        std::thread::spawn(move || sb.run(&Request::new(["/usr/bin/python3", "-c", &src])))
+        std::thread::spawn(move || sb.exec(&Request::new(["/usr/bin/python3", "-c", &src])))
     };
     let src = format!(
         "import socket, time, errno\nfor i in range(70):\n    s = socket.socket(socket.AF_UNIX)\n    \
@@ -623,7 +696,7 @@ fn concurrent_tasks_cannot_connect_to_each_other() {
          except OSError as e:\n        print('connect', errno.errorcode[e.errno])\n    break\n\
          else:\n    print('no-peer')\n"
     );
-    let b = sb.run(&Request::new(["/usr/bin/python3", "-c", &src]));
+    let b = sb.exec(&Request::new(["/usr/bin/python3", "-c", &src]));
     let a = a.join().unwrap();
     assert_eq!(b.status, Status::Ok, "{b:?}");
     assert!(!a.stdout.contains("accepted"), "{a:?}");
@@ -639,7 +712,6 @@ fn concurrent_tasks_cannot_connect_to_each_other() {
 
 /// Task cgroups are pooled per `Sandbox`: a reused one still reports each
 /// task's own OOM, peak memory and CPU, and takes the task's own limit.
-#[test]
 fn reused_cgroups_report_per_task_results() {
     let sb = sandbox(|c| c.memory_bytes = 96 << 20);
     let bomb = Request::new([
@@ -648,9 +720,9 @@ fn reused_cgroups_report_per_task_results() {
         "b=[]\nwhile True: b.append(b'x' * (8 << 20))",
     ]);
     for _ in 0..2 {
-        let v = sb.run(&bomb);
+        let v = sb.exec(&bomb);
         assert_ne!(v.status, Status::Ok, "{v:?}");
-        let v = sb.run(&Request::new(["/bin/true"]));
+        let v = sb.exec(&Request::new(["/bin/true"]));
         assert_eq!(v.status, Status::Ok, "{v:?}");
         assert!(!v.oom_killed, "{v:?}");
         if v.peak_memory_source == "cgroup_v1" {
@@ -661,13 +733,54 @@ fn reused_cgroups_report_per_task_results() {
     // A lower per-task limit on a reused cgroup, then the full one again.
     let mut low = Request::new(["/usr/bin/python3", "-c", "b=b'x'*(40<<20); print(len(b))"]);
     low.limits.memory_bytes = Some(24 << 20);
-    let v = sb.run(&low);
+    let v = sb.exec(&low);
     assert_ne!(v.status, Status::Ok, "{v:?}");
     low.limits.memory_bytes = None;
-    let v = sb.run(&low);
+    let v = sb.exec(&low);
     assert_eq!(v.status, Status::Ok, "{v:?}");
     assert!(!v.oom_killed, "{v:?}");
     if v.peak_memory_source == "cgroup_v1" {
         assert!(v.peak_memory_bytes.unwrap() >= 40 << 20, "{v:?}");
     }
 }
+
+/// Each test above, once per mode: `cold::NAME` and `warm::NAME`.
+macro_rules! both_modes {
+    ($($name:ident),* $(,)?) => {
+        mod cold {
+            $( #[test] fn $name() { super::in_mode(false, super::$name) } )*
+        }
+        mod warm {
+            $( #[test] fn $name() { super::in_mode(true, super::$name) } )*
+        }
+    };
+}
+
+both_modes!(
+    ok_and_exit_codes_and_output,
+    stdin_files_and_env_from_scratch,
+    kill_segv_is_reported_as_signal,
+    fork_bomb_is_capped_by_pids_limit,
+    memory_bomb_is_contained,
+    a_task_at_its_memory_limit_never_takes_the_worker_down,
+    cpu_spin_hits_cpu_limit,
+    sleep_past_wall_clock_is_killed,
+    grandchild_that_outlives_its_parent_is_killed,
+    output_flood_is_capped,
+    no_network_of_any_kind,
+    host_secrets_are_unreadable,
+    writes_outside_the_work_dir_fail,
+    file_size_and_tmpfs_limits,
+    mounting_is_denied,
+    ptrace_is_denied,
+    the_reaper_is_out_of_reach,
+    new_namespaces_are_denied,
+    no_capabilities_and_setuid_gains_nothing,
+    leaked_descriptors_are_closed,
+    tiocsti_is_denied,
+    cgroup_namespace_hides_host_paths,
+    limits_report_is_honest,
+    parallel_runs_do_not_interfere,
+    concurrent_tasks_cannot_connect_to_each_other,
+    reused_cgroups_report_per_task_results,
+);

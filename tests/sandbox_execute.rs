@@ -11,6 +11,15 @@ async fn run(payload: serde_json::Value) -> peagen_fabric::handlers::Outcome {
     h.run(&Task::new("execute", payload)).await
 }
 
+/// With warm mode off: every prototype task starts its own interpreter.
+async fn run_cold(payload: serde_json::Value) -> peagen_fabric::handlers::Outcome {
+    let h = Execute::new(SandboxConfig {
+        warm: false,
+        ..Default::default()
+    });
+    h.run(&Task::new("execute", payload)).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn argv_form_with_files_stdin_env() {
     let o = run(json!({
@@ -33,6 +42,14 @@ async fn argv_form_with_files_stdin_env() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prototype_form_calls_entry_fn() {
+    let o = run_cold(json!({
+        "child_src": "print('user output')\ndef score():\n    return {'n': sum(range(10))}\n",
+        "entry_fn": "score"
+    }))
+    .await;
+    assert_eq!(o.status, Status::Ok, "{o:?}");
+    assert_eq!(o.data["result"], json!({"n": 45}));
+    assert_eq!(o.data["verdict"]["stdout"], "user output\n");
     let o = run(json!({
         "child_src": "print('user output')\ndef score():\n    return {'n': sum(range(10))}\n",
         "entry_fn": "score"
@@ -121,4 +138,57 @@ fn sandbox_run_cli_exit_codes() {
         128 + 15
     );
     assert_eq!(run_cli(a(&["--bogus"])), 64);
+}
+
+/// The prototype's documented example: `def sort(a): ...` called with the
+/// payload's `args` (and `kwargs`); wrong types are refused up front.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entry_fn_gets_args_and_kwargs() {
+    let o = run(json!({
+        "child_src": "def sort(a, reverse=False):\n    return sorted(a, reverse=reverse)\n",
+        "entry_fn": "sort",
+        "args": [[3, 1, 2]],
+        "kwargs": {"reverse": true}
+    }))
+    .await;
+    assert_eq!(o.status, Status::Ok, "{o:?}");
+    assert_eq!(o.data["result"], json!([3, 2, 1]));
+    let o = run(json!({
+        "child_src": "def sort(a):\n    return sorted(a)\n",
+        "entry_fn": "sort",
+        "args": [[3, 1, 2]]
+    }))
+    .await;
+    assert_eq!(o.data["result"], json!([1, 2, 3]), "{o:?}");
+    // The cold driver passes them too (on stdin).
+    let o = run_cold(json!({
+        "child_src": "def sort(a, reverse=False):\n    return sorted(a, reverse=reverse)\n",
+        "entry_fn": "sort",
+        "args": [[3, 1, 2]],
+        "kwargs": {"reverse": true}
+    }))
+    .await;
+    assert_eq!(o.status, Status::Ok, "{o:?}");
+    assert_eq!(o.data["result"], json!([3, 2, 1]));
+    assert!(o.data["speed_ms"].as_f64().unwrap() >= 0.0);
+    for (bad, msg) in [
+        (
+            json!({"args": {"a": 1}}),
+            "`args` must be a JSON list, not an object",
+        ),
+        (
+            json!({"kwargs": [1]}),
+            "`kwargs` must be a JSON object, not a list",
+        ),
+    ] {
+        let mut p = json!({"child_src": "def f(*a, **k): return 1", "entry_fn": "f"});
+        for (k, v) in bad.as_object().unwrap() {
+            p[k] = v.clone();
+        }
+        let o = run(p).await;
+        assert_eq!(o.status, Status::Error);
+        assert!(!o.retryable);
+        let m = o.data["msg"].as_str().unwrap_or_default();
+        assert!(m.contains(msg), "{o:?}");
+    }
 }

@@ -584,6 +584,59 @@ impl TaskCgroups {
         ok
     }
 
+    /// Move the (single-threaded) process `pid` into every task cgroup, v1
+    /// through the open `tasks` files, v2 through `cgroup.procs` (the warm
+    /// mode's task child, which the supervisor moves itself). Returns the
+    /// limit bits now enforced; a cgroup that refused is dropped.
+    pub fn attach_pid(&mut self, pid: i32) -> u8 {
+        let mut ok = self.attach_v2(pid);
+        let s = pid.to_string();
+        let mut lost = 0;
+        let _ = self.join_fds();
+        for (p, bits) in self.dirs_of(Ver::V1) {
+            let done = self
+                .join
+                .iter()
+                .find(|(q, _)| *q == p)
+                .is_some_and(|(_, fd)| {
+                    nix::unistd::write(fd, s.as_bytes()).is_ok_and(|n| n == s.len())
+                });
+            if done {
+                ok |= bits;
+            } else {
+                lost |= bits;
+            }
+        }
+        self.forget(lost);
+        ok
+    }
+
+    /// SIGKILL every process in the task cgroups (a few rounds: a process
+    /// may fork while we read the list). True when they are empty after.
+    pub fn kill_all(&mut self) -> bool {
+        let dirs: Vec<PathBuf> = self.dirs().into_iter().cloned().collect();
+        for _ in 0..8 {
+            let mut any = false;
+            for d in &dirs {
+                let Some(list) = self.files.read(d, "cgroup.procs") else {
+                    continue;
+                };
+                for pid in list.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                    any = true;
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+            if !any {
+                return true;
+            }
+            std::thread::yield_now();
+        }
+        false
+    }
+
     /// Stop claiming the limits in `bits` (their cgroup could not be
     /// joined): the directories go once nothing else uses them.
     pub fn forget(&mut self, bits: u8) {

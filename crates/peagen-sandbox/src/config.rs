@@ -30,6 +30,12 @@ pub struct SandboxConfig {
     /// root and landlock ABI >= 6 scopes abstract unix sockets per task;
     /// otherwise every task gets its own network namespace.
     pub shared_netns: bool,
+    /// Warm mode for the prototype form: a prepared interpreter inside the
+    /// sandbox forks one fresh child per task (opt-out).
+    pub warm: bool,
+    /// Tasks one warm interpreter serves before it is replaced (which also
+    /// re-randomises its address-space layout).
+    pub warm_tasks_per_zygote: u64,
 }
 
 impl Default for SandboxConfig {
@@ -60,6 +66,8 @@ impl Default for SandboxConfig {
             uid: 65534,
             gid: 65534,
             shared_netns: true,
+            warm: true,
+            warm_tasks_per_zygote: 100,
         }
     }
 }

@@ -18,6 +18,8 @@
 //!   the worker's memory (no allocation, no panic: lint-enforced);
 //! - `supervise.rs`: launch, supervision (limits, output) and the verdict;
 //! - `proto.rs`: the child -> supervisor messages and set-up steps;
+//! - `warm.rs`: warm mode, a prepared interpreter forking one child per
+//!   task (`zygote.py` is its Python side);
 //! - `sys.rs` (clone onto our own stack), `cgroup.rs`, `filter.rs`
 //!   (seccomp program, landlock constants), `config.rs` (`[sandbox]`).
 //!
@@ -38,6 +40,7 @@ mod proto;
 mod supervise;
 #[allow(unsafe_code)]
 mod sys;
+mod warm;
 
 pub use config::SandboxConfig;
 use serde::{Deserialize, Serialize};
@@ -45,6 +48,7 @@ use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+pub use warm::{interpreter_binds, WarmError, WarmRequest};
 
 /// How the task ended (isolate's meta `status`, spelled out).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -269,17 +273,20 @@ const MAX_FILES: usize = 1000;
 pub struct Sandbox {
     cfg: SandboxConfig,
     fixed: Arc<plan::Fixed>,
-    cgroups: cgroup::Backends,
+    cgroups: Arc<cgroup::Backends>,
+    /// Warm zygotes (started on first use, see `warm.rs`).
+    warm: warm::Pool,
 }
 
 impl Sandbox {
     pub fn new(cfg: &SandboxConfig) -> Result<Sandbox, SandboxError> {
         let fixed = plan::Fixed::new(cfg)?;
-        let cgroups = cgroup::Backends::detect(&cfg.cgroup_parent);
+        let cgroups = Arc::new(cgroup::Backends::detect(&cfg.cgroup_parent));
         Ok(Sandbox {
             cfg: cfg.clone(),
             fixed: Arc::new(fixed),
             cgroups,
+            warm: warm::Pool::default(),
         })
     }
 
@@ -396,7 +403,7 @@ pub(crate) struct Effective {
 }
 
 impl Effective {
-    fn new(cfg: &SandboxConfig, r: &LimitRequest) -> Effective {
+    pub(crate) fn new(cfg: &SandboxConfig, r: &LimitRequest) -> Effective {
         let c = |req: Option<u64>, max: u64| req.map_or(max, |v| v.min(max)).max(1);
         Effective {
             memory_bytes: c(r.memory_bytes, cfg.memory_bytes).max(4 << 20),

@@ -92,7 +92,7 @@ impl Pipes {
 
 /// The task's stdin: a sealed memfd (the task cannot change what a retry
 /// would read, and needs no writer thread).
-fn stdin_fd(data: &[u8]) -> std::io::Result<OwnedFd> {
+pub(crate) fn stdin_fd(data: &[u8]) -> std::io::Result<OwnedFd> {
     use nix::sys::memfd::{memfd_create, MFdFlags};
     let fd = memfd_create(
         c"peagen-stdin",
@@ -109,7 +109,7 @@ fn stdin_fd(data: &[u8]) -> std::io::Result<OwnedFd> {
     Ok(f.into())
 }
 
-fn set_nonblocking(fd: impl AsFd) {
+pub(crate) fn set_nonblocking(fd: impl AsFd) {
     let fd = fd.as_fd();
     if let Ok(fl) = fcntl(fd, FcntlArg::F_GETFL) {
         let fl = OFlag::from_bits_retain(fl) | OFlag::O_NONBLOCK;
@@ -118,14 +118,14 @@ fn set_nonblocking(fd: impl AsFd) {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Kill {
+pub(crate) enum Kill {
     Wall,
     Cpu,
     Output,
     Memory,
 }
 
-fn en(value: u64, mechanism: Mechanism) -> Enforced {
+pub(crate) fn en(value: u64, mechanism: Mechanism) -> Enforced {
     Enforced { value, mechanism }
 }
 
@@ -206,7 +206,15 @@ pub(crate) fn run(sb: &Sandbox, req: &Request) -> Verdict {
     let cap = usize::try_from(eff.output_bytes).unwrap_or(usize::MAX);
     let mut out = Capture::new(out_r, cap);
     let mut err = Capture::new(err_r, cap);
-    let killed = supervise(&child, &mut out, &mut err, &mut cg, &eff, start);
+    let killed = supervise(
+        child.pidfd.as_fd(),
+        &|| child.kill(),
+        &mut out,
+        &mut err,
+        &mut cg,
+        &eff,
+        start,
+    );
     // Reap the init; everything in its pid namespace is gone with it.
     let (status, ru) = child.reap();
     drop(child);
@@ -276,6 +284,76 @@ pub(crate) fn run(sb: &Sandbox, req: &Request) -> Verdict {
     };
     decide(&mut v, &reports, killed, status, &eff, &req.argv[0]);
     v
+}
+
+/// A long-lived sandboxed process (the warm mode's zygote): the reaper,
+/// the cgroups it runs in, and the read ends of its stdout/stderr.
+pub(crate) struct LongRun {
+    pub(crate) child: Child,
+    pub(crate) cg: TaskCgroups,
+    pub(crate) out_r: OwnedFd,
+    pub(crate) err_r: OwnedFd,
+    _status_r: OwnedFd,
+}
+
+/// Start `req` like [`run`] does, with `stdin` as its standard input, and
+/// return without waiting for it. The reaper gets its own copy of memory
+/// (no `CLONE_VM`), so the plan and stack are free again on return. The
+/// reaper dies with the calling thread (`PR_SET_PDEATHSIG`): call this from
+/// a thread that lives as long as the process should.
+pub(crate) fn launch_long(sb: &Sandbox, req: &Request, stdin: OwnedFd) -> Result<LongRun, String> {
+    let eff = Effective::new(&sb.cfg, &req.limits);
+    let mut plan = Plan::build(&sb.fixed, req, &eff).map_err(|e| format!("bad request: {e}"))?;
+    let pipes = Pipes::new(&[]).map_err(|e| LaunchError::Pipes(e).to_string())?;
+    plan.stdin_fd = stdin.as_raw_fd();
+    plan.out_w = pipes.out_w.as_raw_fd();
+    plan.err_w = pipes.err_w.as_raw_fd();
+    plan.status_w = pipes.status_w.as_raw_fd();
+    plan.sync_r = pipes.sync_r.as_raw_fd();
+    let mut cg = TaskCgroups::create(&sb.cgroups, eff.memory_bytes, eff.pids);
+    plan.cg_join = cg.join_fds();
+    let stack = match sb.fixed.stacks.take() {
+        Ok(s) => s,
+        Err(e) => {
+            cg.remove(&sb.cgroups);
+            return Err(LaunchError::Stacks(e).to_string());
+        }
+    };
+    plan.user_stack_top = stack.user_top();
+    plan.shared_vm = false;
+    let launched = launch(sb, &plan, &stack);
+    // No CLONE_VM: the child has its own copy of plan and stack by now.
+    sb.fixed.stacks.put(stack);
+    let mut child = match launched {
+        Ok(c) => c,
+        Err(e) => {
+            cg.remove(&sb.cgroups);
+            return Err(e.to_string());
+        }
+    };
+    drop(stdin);
+    let Pipes {
+        out_r,
+        err_r,
+        status_r,
+        sync_w,
+        ..
+    } = pipes;
+    for fd in [&out_r, &err_r, &status_r] {
+        set_nonblocking(fd);
+    }
+    if let Err(e) = release(sb, child.pid, &mut cg, sync_w) {
+        child.kill_and_reap();
+        cg.remove(&sb.cgroups);
+        return Err(e.to_string());
+    }
+    Ok(LongRun {
+        child,
+        cg,
+        out_r,
+        err_r,
+        _status_r: status_r,
+    })
 }
 
 /// Clone the reaper onto `stack`, running [`child::reaper_main`] on `plan`.
@@ -386,8 +464,9 @@ fn release(
 /// Watch the running task until its init exits: output (capped), wall
 /// clock, CPU time (cgroup accounting) and the OOM event. Kills the whole
 /// task at the first limit it passes and says which.
-fn supervise(
-    child: &Child,
+pub(crate) fn supervise(
+    pidfd: BorrowedFd<'_>,
+    kill_task: &dyn Fn(),
     out: &mut Capture,
     err: &mut Capture,
     cg: &mut TaskCgroups,
@@ -401,7 +480,7 @@ fn supervise(
     let kill = |why: Kill, killed: &mut Option<Kill>| {
         if killed.is_none() {
             *killed = Some(why);
-            child.kill();
+            kill_task();
         }
     };
     loop {
@@ -419,7 +498,7 @@ fn supervise(
             timeout = timeout.min(25);
         }
         let (exited, out_ready, err_ready, oom_ready, failed) = {
-            let mut fds = vec![PollFd::new(child.pidfd.as_fd(), PollFlags::POLLIN)];
+            let mut fds = vec![PollFd::new(pidfd, PollFlags::POLLIN)];
             let oi = poll_in(&mut fds, out.open.then(|| out.fd.as_fd()));
             let ei = poll_in(&mut fds, err.open.then(|| err.fd.as_fd()));
             let mi = poll_in(&mut fds, cg.oom_event().filter(|_| killed.is_none()));
@@ -467,7 +546,7 @@ fn poll_in<'f>(fds: &mut Vec<PollFd<'f>>, fd: Option<BorrowedFd<'f>>) -> Option<
 
 /// Status and message of the verdict from what the child reported, what
 /// the supervisor killed for, and the init's wait status.
-fn decide(
+pub(crate) fn decide(
     v: &mut Verdict,
     reports: &[Report],
     killed: Option<Kill>,
@@ -565,14 +644,14 @@ fn decide(
 /// The reaper, from its clone until it is reaped. It runs on a stack and
 /// reads a plan that the parent owns, so it must be gone before they are:
 /// dropping this kills and reaps it unless that already happened.
-struct Child {
-    pidfd: OwnedFd,
-    pid: i32,
+pub(crate) struct Child {
+    pub(crate) pidfd: OwnedFd,
+    pub(crate) pid: i32,
     reaped: bool,
 }
 
 impl Child {
-    fn kill(&self) {
+    pub(crate) fn kill(&self) {
         // SAFETY: pidfd_send_signal on our own pidfd, no info pointer;
         // SIGKILL of the pid namespace's init kills every process in it.
         unsafe {
@@ -599,7 +678,7 @@ impl Child {
         (status, ru)
     }
 
-    fn kill_and_reap(&mut self) {
+    pub(crate) fn kill_and_reap(&mut self) {
         self.kill();
         self.reap();
     }
@@ -614,16 +693,16 @@ impl Drop for Child {
 }
 
 /// A pipe read with a byte cap; data beyond the cap is read and dropped.
-struct Capture {
-    fd: OwnedFd,
-    buf: Vec<u8>,
+pub(crate) struct Capture {
+    pub(crate) fd: OwnedFd,
+    pub(crate) buf: Vec<u8>,
     cap: usize,
-    over: bool,
-    open: bool,
+    pub(crate) over: bool,
+    pub(crate) open: bool,
 }
 
 impl Capture {
-    fn new(fd: OwnedFd, cap: usize) -> Capture {
+    pub(crate) fn new(fd: OwnedFd, cap: usize) -> Capture {
         Capture {
             fd,
             buf: Vec::new(),
@@ -634,7 +713,7 @@ impl Capture {
     }
 
     /// One read; false when nothing more is available right now.
-    fn read(&mut self) -> bool {
+    pub(crate) fn read(&mut self) -> bool {
         let mut chunk = [0u8; 65536];
         match nix::unistd::read(&self.fd, &mut chunk) {
             Err(Errno::EINTR) => true,

@@ -213,3 +213,182 @@ impl Stacks {
         }
     }
 }
+
+/// A pidfd for `pid` (any process we may signal; pollable: readable once
+/// it has exited).
+pub fn pidfd_open(pid: i32) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes no pointer; a non-negative result is a fresh
+    // descriptor that we own from here on.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0u32) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: see above.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(r as c_int) })
+}
+
+/// SIGKILL through a pidfd (no pid reuse race).
+pub fn pidfd_kill(fd: std::os::fd::BorrowedFd<'_>) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: pidfd_send_signal on a descriptor we hold, no info pointer.
+    unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<c_void>(),
+            0u32,
+        )
+    };
+}
+
+/// A connected pair of unix `SOCK_SEQPACKET` sockets (close-on-exec).
+pub fn seqpacket_pair() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use std::os::fd::FromRawFd;
+    let mut fds = [-1 as c_int; 2];
+    // SAFETY: socketpair writes two descriptors into our array.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: two fresh descriptors, owned from here on.
+    Ok(unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    })
+}
+
+/// Ask the kernel to attach the sender's credentials (pid translated into
+/// our pid namespace) to every message received on `sock`.
+pub fn pass_cred(sock: std::os::fd::BorrowedFd<'_>) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let one: c_int = 1;
+    // SAFETY: setsockopt with a pointer to a local int and its size.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PASSCRED,
+            &one as *const c_int as *const c_void,
+            std::mem::size_of::<c_int>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Send one message carrying `fds` (`SCM_RIGHTS`, at most 8).
+pub fn send_fds(
+    sock: std::os::fd::BorrowedFd<'_>,
+    data: &[u8],
+    fds: &[std::os::fd::BorrowedFd<'_>],
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    const MAX: usize = 8;
+    if fds.len() > MAX {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // u64 words keep the control buffer aligned for cmsghdr.
+    let mut cbuf = [0u64; 8];
+    let raw: Vec<c_int> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let payload = (raw.len() * std::mem::size_of::<c_int>()) as u32;
+    // SAFETY: CMSG_SPACE/CMSG_LEN are pure arithmetic.
+    let (space, len) = unsafe { (libc::CMSG_SPACE(payload), libc::CMSG_LEN(payload)) };
+    if space as usize > std::mem::size_of_val(&cbuf) {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut c_void,
+        iov_len: data.len(),
+    };
+    // SAFETY: msghdr is plain data; all-zero is valid before we fill it.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if !raw.is_empty() {
+        msg.msg_control = cbuf.as_mut_ptr() as *mut c_void;
+        msg.msg_controllen = space as _;
+        // SAFETY: the control buffer holds `space` bytes (checked above),
+        // so the first header and its `payload` data bytes are in bounds.
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = len as _;
+            std::ptr::copy_nonoverlapping(
+                raw.as_ptr() as *const u8,
+                libc::CMSG_DATA(c),
+                payload as usize,
+            );
+        }
+    }
+    // SAFETY: msg points at our iovec and control buffer, alive for the call.
+    let r = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Receive one message into `buf`: (bytes, the sender's pid in our pid
+/// namespace when the kernel attached credentials, see [`pass_cred`]).
+/// Descriptors sent along are closed (`MSG_CMSG_CLOEXEC` + dropped).
+pub fn recv_with_pid(
+    sock: std::os::fd::BorrowedFd<'_>,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, Option<i32>)> {
+    use std::os::fd::AsRawFd;
+    let mut cbuf = [0u64; 16];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr() as *mut c_void,
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is plain data; all-zero is valid before we fill it.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr() as *mut c_void;
+    msg.msg_controllen = std::mem::size_of_val(&cbuf) as _;
+    // SAFETY: msg points at our iovec and control buffer, alive for the call.
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut pid = None;
+    // SAFETY: walking the control messages the kernel wrote into cbuf, with
+    // the kernel's lengths (CMSG_NXTHDR stops at msg_controllen).
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            let data = libc::CMSG_DATA(c);
+            let dlen = ((*c).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
+            if (*c).cmsg_level == libc::SOL_SOCKET {
+                if (*c).cmsg_type == libc::SCM_CREDENTIALS
+                    && dlen >= std::mem::size_of::<libc::ucred>()
+                {
+                    let cred = std::ptr::read_unaligned(data as *const libc::ucred);
+                    pid = Some(cred.pid);
+                } else if (*c).cmsg_type == libc::SCM_RIGHTS {
+                    for i in 0..dlen / std::mem::size_of::<c_int>() {
+                        let fd = std::ptr::read_unaligned((data as *const c_int).add(i));
+                        libc::close(fd);
+                    }
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Ok((n as usize, pid))
+}

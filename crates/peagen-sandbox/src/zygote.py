@@ -1,0 +1,206 @@
+# The warm-mode zygote for Python (see warm.rs for the protocol). It runs
+# inside the sandbox like any task (namespaces, landlock, seccomp, no
+# capabilities), imports the runtime once, and never runs task code itself:
+# per task it forks a child that waits until the supervisor has put it into
+# the task's own cgroups, then applies the task's rlimits and runs the task.
+import atexit, ctypes, gc, json, os, resource, shutil, socket, sys, time, traceback, types
+
+# Loaded once here: every task child inherits them (no per-task import).
+LIBC = ctypes.CDLL(None, use_errno=True)
+LIBC.syscall.restype = ctypes.c_long
+
+MARK = "\x1ePEAGEN_RESULT "
+
+
+def undumpable():
+    # Tasks run as the same uid: not dumpable = they cannot open
+    # /proc/<zygote>/mem or ptrace it (and /proc hides it from them).
+    if LIBC.prctl(4, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE
+        sys.exit(3)
+
+
+def nested_domain():
+    # A landlock domain of its own (nested in the zygote's): landlock then
+    # keeps the task from ptracing, and (ABI >= 6, scoped signals) from
+    # signalling, the zygote. It restricts nothing else (making block
+    # devices is denied anyway). Best effort: without it the zygote is
+    # still not dumpable, and a dead zygote is replaced.
+    libc = LIBC
+    attr = (ctypes.c_uint64 * 3)(1 << 11, 0, 3)  # MAKE_BLOCK; scoped: unix+signal
+    for size in (24, 16, 8):
+        fd = libc.syscall(444, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
+        if fd >= 0:
+            libc.syscall(446, ctypes.c_int(fd), ctypes.c_uint32(0))
+            os.close(fd)
+            return
+
+
+def clean_work():
+    # The next task gets an empty /work (fresh work dir).
+    for e in os.scandir("/work"):
+        try:
+            if e.is_dir(follow_symlinks=False):
+                for root, dirs, _ in os.walk(e.path):
+                    for d in dirs:
+                        os.chmod(os.path.join(root, d), 0o700, follow_symlinks=False)
+                os.chmod(e.path, 0o700)
+                shutil.rmtree(e.path)
+            else:
+                os.unlink(e.path)
+        except OSError:
+            pass
+
+
+def ipc_objects():
+    # SysV IPC objects outlive their creator in the ipc namespace that the
+    # zygote shares with its tasks: a leftover one retires the zygote.
+    n = 0
+    for kind in ("shm", "sem", "msg"):
+        try:
+            with open("/proc/sysvipc/" + kind) as f:
+                n += max(0, len(f.read().splitlines()) - 1)
+        except OSError:
+            n += 1
+    return n
+
+
+def read_all(fd):
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks = []
+    while True:
+        b = os.read(fd, 1 << 20)
+        if not b:
+            return b"".join(chunks)
+        chunks.append(b)
+
+
+def task(ctl, fds, null):
+    tsock, out_w, err_w, pay = fds
+    code = 1
+    try:
+        ctl.close()
+        os.dup2(null, 0)
+        os.dup2(out_w, 1)
+        os.dup2(err_w, 2)
+        req = json.loads(read_all(pay))
+        t = socket.socket(fileno=tsock)
+        t.send(b"r")  # the supervisor learns our pid from the credentials
+        go = t.recv(65536)
+        if not go:
+            os._exit(120)
+        for res, soft, hard in json.loads(go):
+            resource.setrlimit(res, (soft, hard))
+        t.close()
+        for fd in (out_w, err_w, pay, null):
+            os.close(fd)
+        os.closerange(3, 65536)
+        os.setsid()
+        nested_domain()
+        os.environ.clear()
+        os.environ.update(req["env"])
+        os.chdir("/work")
+        with open("/work/child.py", "w") as f:
+            f.write(req["src"])
+        sys.path.insert(0, "/work")
+        sys.dont_write_bytecode = True  # nothing but child.py in /work
+        fn = getattr(load_child(req["src"]), req["entry"])
+        t0 = time.perf_counter()
+        r = fn(*req["args"], **req["kwargs"])
+        dt = (time.perf_counter() - t0) * 1000.0
+        try:
+            enc = json.dumps(r)
+        except (TypeError, ValueError):
+            enc = json.dumps(repr(r))
+        sys.stdout.flush()
+        sys.stdout.write("\n%s{\"speed_ms\": %r, \"result\": %s}\n" % (MARK, dt, enc))
+        code = 0
+    except SystemExit as e:
+        c = e.code
+        if c is None:
+            code = 0
+        elif isinstance(c, int):
+            code = c & 0xFF
+        else:
+            print(c, file=sys.stderr)
+            code = 1
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    # What a normal interpreter exit does (as a cold task's): wait for
+    # non-daemon threads, run atexit handlers, flush.
+    try:
+        if "threading" in sys.modules:
+            sys.modules["threading"]._shutdown()
+        atexit._run_exitfuncs()
+    except BaseException:
+        traceback.print_exc()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BaseException:
+        pass
+    os._exit(code)
+
+
+def load_child(src):
+    # Module `child` from /work/child.py, as the cold driver's importlib
+    # load does (name, __file__, sys.modules), without the import system's
+    # per-call machinery.
+    mod = types.ModuleType("child")
+    mod.__file__ = "/work/child.py"
+    sys.modules["child"] = mod
+    exec(compile(src, "/work/child.py", "exec"), mod.__dict__)
+    return mod
+
+
+def warm_up():
+    # The first use of the compiler, json, files and sockets initialises
+    # state lazily (2-3 ms for the compiler alone); do it once here, so
+    # every task child inherits it ready instead of paying again.
+    mod = load_child("import json\ndef f(a, k=1):\n    return sorted(a)[:k]\n")
+    json.loads(json.dumps({"r": mod.f([3, 2, 1], k=2), "s": "x"}))
+    del sys.modules["child"]
+    with open("/work/.warm", "w") as f:
+        f.write("x")
+    os.unlink("/work/.warm")
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    a.send(b"x")
+    b.recv(8)
+    a.close()
+    b.close()
+    for res in (resource.RLIMIT_CORE, resource.RLIMIT_FSIZE):
+        resource.setrlimit(res, resource.getrlimit(res))
+    time.perf_counter()
+    traceback.format_exception(ValueError, ValueError("x"), None)
+
+
+def main():
+    undumpable()
+    warm_up()
+    ctl = socket.socket(fileno=0)
+    null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+    # Objects that exist now are never scanned by a child's collector, so
+    # its GC does not copy the zygote's pages (copy-on-write).
+    gc.freeze()
+    ctl.send(b"ready")
+    while True:
+        try:
+            msg, fds, _, _ = socket.recv_fds(ctl, 64, 4)
+        except OSError:
+            os._exit(0)
+        if not msg or len(fds) != 4:
+            os._exit(0)
+        pid = os.fork()
+        if pid == 0:
+            task(ctl, fds, null)
+        for fd in fds:
+            os.close(fd)
+        _, st, ru = os.wait4(pid, 0)
+        clean_work()
+        left = len(os.listdir("/work"))
+        ctl.send(b"%d %d %d %d %d %d" % (
+            st, int(ru.ru_utime * 1e6), int(ru.ru_stime * 1e6), ru.ru_maxrss, left,
+            ipc_objects()))
+
+
+main()
