@@ -170,5 +170,11 @@ spawns=$(val peagen_spawns_total); stops=$(val peagen_worker_stops_total); fails
 rs=$(val peagen_spawn_ready_seconds_sum); rc=$(val peagen_spawn_ready_seconds_count)
 ready=$( [ -n "$rc" ] && [ "${rc%.*}" != 0 ] && echo "scale=0; 1000 * $rs / $rc" | bc || echo "?")
 echo "==> spawner (http://127.0.0.1:$mport/metrics): started ${spawns:-?} workers (ready after ${ready} ms on average), stopped ${stops:-?} idle ones, ${fails:-?} failed starts"
+if [ "$KIND" = execute ]; then
+    # Candidates run in warm mode (a prepared interpreter forks per task,
+    # docs/security.md); a worker that cannot start one says so and runs cold.
+    cold=$(run_in journalctl --no-pager -o cat -u 'peagen-worker@*' | grep -c "warm mode unavailable" || true)
+    echo "==> sandbox mode: $((TASKS - cold)) of $TASKS candidates ran warm (forked from a prepared interpreter), $cold fell back to cold"
+fi
 echo "==> worker $wid's log (journalctl PEAGEN_WORKER_ID=$wid), last lines:"
 run_in journalctl --no-pager -o cat "PEAGEN_WORKER_ID=$wid" | tail -3 | cut -c1-160 | sed 's/^/    /'
