@@ -307,6 +307,9 @@ impl Worker {
         }
         tracing::info!(worker_id = %self.id, stream = %self.cfg.redis.tasks_stream, group = %self.cfg.redis.group,
             handlers = ?self.handlers.kinds().collect::<Vec<_>>(), "worker ready");
+        // After READY=1: the start job is not held up by, e.g., the warm
+        // interpreter's start (tens of ms); a task that comes first waits.
+        self.handlers.prepare_all();
     }
 
     /// Re-read and process this consumer's pending entries. Returns how many

@@ -259,6 +259,12 @@ impl Handler for Execute {
     fn version(&self) -> &str {
         env!("CARGO_PKG_VERSION")
     }
+    /// A warm interpreter ready before the first prototype task.
+    fn prepare(&self) {
+        if let Ok(sb) = &self.sandbox {
+            sb.prestart_warm();
+        }
+    }
     fn run<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
             let sb = match &self.sandbox {

@@ -78,6 +78,10 @@ pub trait Handler: Send + Sync {
     /// Run one task. Must not panic on any payload; bad payloads are
     /// non-retryable errors.
     fn run<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Outcome>;
+    /// Prepare what tasks of this kind need, in the background, after the
+    /// worker announced READY=1 (tasks that come first still work: they
+    /// prepare it themselves or wait for it).
+    fn prepare(&self) {}
 }
 
 #[derive(Clone, Default)]
@@ -150,6 +154,18 @@ impl Registry {
 
     pub fn kinds(&self) -> impl Iterator<Item = &str> {
         self.by_kind.keys().map(String::as_str)
+    }
+
+    /// [`Handler::prepare`] of every handler (once each: one may serve
+    /// several kinds).
+    pub fn prepare_all(&self) {
+        let mut seen: Vec<&Arc<dyn Handler>> = Vec::new();
+        for h in self.by_kind.values() {
+            if !seen.iter().any(|s| Arc::ptr_eq(s, h)) {
+                h.prepare();
+                seen.push(h);
+            }
+        }
     }
 }
 

@@ -579,11 +579,39 @@ impl Sandbox {
             .clone()
     }
 
+    /// Start one zygote in the background if none is idle, so the first
+    /// prototype task does not pay for the interpreter's start (the worker
+    /// calls this after READY=1). Errors are left for the first task to meet.
+    pub fn prestart_warm(self: &Arc<Self>) {
+        if !self.cfg.warm {
+            return;
+        }
+        let me = Arc::clone(self);
+        on_launcher(Box::new(move || {
+            let mut idle = me.warm.idle.lock().unwrap_or_else(|e| e.into_inner());
+            if idle.is_empty() {
+                drop(idle);
+                if let Ok(z) = Zygote::start(&me) {
+                    idle = me.warm.idle.lock().unwrap_or_else(|e| e.into_inner());
+                    if idle.len() < IDLE_MAX {
+                        idle.push(z);
+                    }
+                }
+            }
+        }));
+    }
+
     fn start_zygote(self: &Arc<Self>) -> Result<Zygote, String> {
         let (tx, rx) = mpsc::channel();
         let me = Arc::clone(self);
         if !on_launcher(Box::new(move || {
-            let _ = tx.send(Zygote::start(&me));
+            // The launcher runs jobs in order: a zygote that a prestart or a
+            // replacement made while this task waited is taken, not doubled.
+            let idle = me.warm.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let _ = tx.send(match idle {
+                Some(z) => Ok(z),
+                None => Zygote::start(&me),
+            });
         })) {
             return Err("the zygote launcher thread is gone".into());
         }
