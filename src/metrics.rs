@@ -7,6 +7,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
@@ -18,6 +19,8 @@ pub use fleet::{
     FleetSink, Num,
 };
 pub(crate) use http::serve;
+pub use http::serve_hooked;
+pub use http::{HookSlot, ScrapeHook};
 
 pub type Labels = Vec<(String, String)>;
 pub type CounterVec = Family<Labels, Counter>;
@@ -32,12 +35,42 @@ pub fn labels(pairs: &[(&str, &str)]) -> Labels {
         .collect()
 }
 
-/// Replace a `{kind}` gauge family with fresh counts (kinds that vanished
-/// disappear instead of keeping their last value).
-pub fn set_by_kind(g: &GaugeVec, counts: std::collections::BTreeMap<String, u64>) {
-    g.clear();
-    for (k, n) in counts {
-        g.get_or_create(&labels(&[("kind", &k)])).set(n as i64);
+/// The `{kind}` gauge `queue_pending_total`: configured kinds always have a
+/// series (0 while none is pending, so an idle fleet reads 0 instead of "No
+/// data"); other kinds (unknown ones still in the stream) only while they
+/// have entries. Updated in place: a scrape never sees the family empty.
+#[derive(Clone, Default)]
+pub struct KindGauge {
+    gauge: GaugeVec,
+    /// (configured kinds, kinds with a series now)
+    kinds: Arc<Mutex<(Vec<String>, BTreeSet<String>)>>,
+}
+
+impl KindGauge {
+    /// The kinds that always read (configured handlers); takes effect at
+    /// the next [`KindGauge::set`].
+    pub fn set_configured(&self, kinds: Vec<String>) {
+        self.kinds.lock().expect("kind gauge lock").0 = kinds;
+    }
+
+    /// Fresh counts by kind (kinds not in `counts` read 0 or disappear).
+    pub fn set(&self, counts: BTreeMap<String, u64>) {
+        let mut k = self.kinds.lock().expect("kind gauge lock");
+        let now: BTreeSet<String> = k.0.iter().chain(counts.keys()).cloned().collect();
+        for kind in &now {
+            let n = counts.get(kind).copied().unwrap_or(0);
+            self.gauge
+                .get_or_create(&labels(&[("kind", kind)]))
+                .set(n as i64);
+        }
+        for gone in k.1.difference(&now) {
+            self.gauge.remove(&labels(&[("kind", gone)]));
+        }
+        k.1 = now;
+    }
+
+    fn family(&self) -> GaugeVec {
+        self.gauge.clone()
     }
 }
 
@@ -60,13 +93,16 @@ pub fn new_registry() -> Registry {
 #[derive(Clone)]
 pub struct WorkerMetrics {
     pub tasks: CounterVec,
+    /// Handler calls by `handler` = the task kind (a configured kind: the
+    /// worker looked its handler up), the denominator of `handler_fail`.
+    pub handler_calls: CounterVec,
     pub handler_fail: CounterVec,
     pub task_duration: HistogramVec,
     pub retried: Counter,
     pub dead_lettered: CounterVec,
     pub result_backend_fail: Counter,
     pub exit_reason: CounterVec,
-    pub queue_pending: GaugeVec,
+    pub queue_pending: KindGauge,
     /// LLM tokens, requests, limits, budgets, runtime by kind.
     pub cost: crate::llm::metrics::CostMetrics,
     pub busy_seconds: FloatCounter,
@@ -77,13 +113,14 @@ impl WorkerMetrics {
     pub fn new(reg: &mut Registry) -> Self {
         let m = WorkerMetrics {
             tasks: Family::default(),
+            handler_calls: Family::default(),
             handler_fail: Family::default(),
             task_duration: Family::new_with_constructor(duration_histogram as fn() -> Histogram),
             retried: Counter::default(),
             dead_lettered: Family::default(),
             result_backend_fail: Counter::default(),
             exit_reason: Family::default(),
-            queue_pending: Family::default(),
+            queue_pending: KindGauge::default(),
             cost: crate::llm::metrics::CostMetrics::register(reg),
             busy_seconds: FloatCounter::default(),
             up_seconds: FloatCounter::default(),
@@ -94,8 +131,13 @@ impl WorkerMetrics {
             m.tasks.clone(),
         );
         reg.register(
+            "handler_calls",
+            "Handler calls (executions, retries included; deferrals not), by handler = task kind",
+            m.handler_calls.clone(),
+        );
+        reg.register(
             "handler_fail",
-            "Failed handler executions, by handler",
+            "Handler calls that ended in an error, by handler = task kind",
             m.handler_fail.clone(),
         );
         reg.register(
@@ -115,7 +157,7 @@ impl WorkerMetrics {
         );
         reg.register(
             "result_backend_fail",
-            "Failed result saves (task left pending for retry)",
+            "Failed result writes, each attempt (the task stays pending and is retried)",
             m.result_backend_fail.clone(),
         );
         // Present at 0 before the first exit, so alerts see the series.
@@ -130,7 +172,7 @@ impl WorkerMetrics {
         reg.register(
             "queue_pending_total",
             "Unfinished tasks in the queue (backlog + in flight), by kind",
-            m.queue_pending.clone(),
+            m.queue_pending.family(),
         );
         reg.register(
             "worker_busy_seconds",
@@ -156,7 +198,7 @@ pub(crate) struct SpawnerMetrics {
     pub spawn_failures: Counter,
     pub spawn_ready: Histogram,
     pub reclaimed: CounterVec,
-    pub queue_pending_by_kind: GaugeVec,
+    pub queue_pending_by_kind: KindGauge,
     pub redis_pending: GaugeVec,
     pub breaker_open: Gauge,
     pub stream_memory: GaugeVec,
@@ -220,7 +262,7 @@ impl SpawnerMetrics {
         reg.register(
             "queue_pending_total",
             "Unfinished tasks in the queue (backlog + in flight), by kind",
-            m.queue_pending_by_kind.clone(),
+            m.queue_pending_by_kind.family(),
         );
         reg.register(
             "redis_queue_pending",
@@ -263,6 +305,35 @@ pub fn render(reg: &Registry) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kind_gauge_reads_zero_for_configured_kinds_and_drops_others() {
+        let mut r = new_registry();
+        let m = WorkerMetrics::new(&mut r);
+        let g = &m.queue_pending;
+        g.set_configured(vec!["echo".into(), "mutate".into()]);
+        g.set(BTreeMap::from([("mutate".into(), 83), ("odd".into(), 2)]));
+        let s = render(&r);
+        for want in [
+            "peagen_queue_pending_total{kind=\"echo\"} 0\n",
+            "peagen_queue_pending_total{kind=\"mutate\"} 83\n",
+            "peagen_queue_pending_total{kind=\"odd\"} 2\n",
+        ] {
+            assert!(s.contains(want), "missing {want:?} in\n{s}");
+        }
+        // Queue empty: configured kinds read 0, the unconfigured one goes.
+        g.set(BTreeMap::new());
+        let s = render(&r);
+        assert!(
+            s.contains("peagen_queue_pending_total{kind=\"mutate\"} 0\n"),
+            "{s}"
+        );
+        assert!(
+            s.contains("peagen_queue_pending_total{kind=\"echo\"} 0\n"),
+            "{s}"
+        );
+        assert!(!s.contains("odd"), "{s}");
+    }
 
     #[test]
     fn names_are_prefixed_and_typed() {

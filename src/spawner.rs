@@ -357,8 +357,10 @@ impl Spawner {
             .is_none_or(|t| now.duration_since(t) >= SLOW_GAUGES_EVERY)
         {
             self.last_slow_gauges = Some(now);
+            // Also refreshed at each scrape (pending_hook); this keeps
+            // the status line's source and unscraped spawners current.
             if let Ok(kinds) = self.queue.pending_by_kind(10_000).await {
-                crate::metrics::set_by_kind(&self.m.queue_pending_by_kind, kinds);
+                self.m.queue_pending_by_kind.set(kinds);
             }
             let r = &self.cfg.redis;
             for s in [&r.tasks_stream, &r.results_stream, &r.dead_stream] {
@@ -461,6 +463,9 @@ impl Spawner {
                     self.breaker = old;
                 }
                 let redis = self.cfg.redis.clone();
+                self.m
+                    .queue_pending_by_kind
+                    .set_configured(crate::handlers::Registry::configured_kinds(&new));
                 self.cfg = new;
                 self.cfg.redis = redis;
                 tracing::info!("configuration reloaded");
@@ -472,6 +477,26 @@ impl Spawner {
             }
         }
     }
+}
+
+/// The scrape hook of the spawner's endpoint: `queue_pending_total{kind}`
+/// counted when Prometheus asks (a burst's peak shows at the scrape
+/// interval, not the tick's 10 s), configured kinds at 0 while idle.
+pub fn pending_hook(
+    queue: Arc<Queue>,
+    gauge: crate::metrics::KindGauge,
+) -> crate::metrics::ScrapeHook {
+    Arc::new(move || {
+        let (q, g) = (queue.clone(), gauge.clone());
+        Box::pin(async move {
+            match q.pending_by_kind(10_000).await {
+                Ok(kinds) => g.set(kinds),
+                Err(e) => {
+                    tracing::debug!(error = %e, "scrape: cannot count pending tasks by kind; serving the last counts")
+                }
+            }
+        })
+    })
 }
 
 /// What the program's entry point asks of the daemon (it owns the signals:
@@ -689,17 +714,22 @@ pub(crate) async fn run(
     let mut cfg = cfg;
     let mut reg = crate::metrics::new_registry();
     let m = SpawnerMetrics::new(&mut reg);
+    m.queue_pending_by_kind
+        .set_configured(crate::handlers::Registry::configured_kinds(&cfg));
     let fleet_m = crate::fleet_store::FleetMetrics::register(&mut reg);
     let reg: SharedRegistry = Arc::new(std::sync::Mutex::new(reg));
+    let scrape_hook = crate::metrics::HookSlot::default();
     if !cfg.metrics.spawner_listen.is_empty() {
         match cfg.metrics.spawner_listen.parse() {
-            Ok(addr) => match crate::metrics::serve(addr, reg.clone()).await {
-                Ok(local) => tracing::info!(listen = %local, "metrics endpoint up"),
-                Err(e) => {
-                    tracing::error!(listen = %addr, error = %e, "cannot serve metrics");
-                    return crate::exit::UNAVAILABLE;
+            Ok(addr) => {
+                match crate::metrics::serve_hooked(addr, reg.clone(), scrape_hook.clone()).await {
+                    Ok(local) => tracing::info!(listen = %local, "metrics endpoint up"),
+                    Err(e) => {
+                        tracing::error!(listen = %addr, error = %e, "cannot serve metrics");
+                        return crate::exit::UNAVAILABLE;
+                    }
                 }
-            },
+            }
             Err(e) => {
                 tracing::error!(error = %e, "metrics.spawner-listen is not IP:PORT");
                 return crate::exit::CONFIG;
@@ -727,6 +757,8 @@ pub(crate) async fn run(
             }
         }
     };
+    let queue = Arc::new(queue);
+    let _ = scrape_hook.set(pending_hook(queue.clone(), m.queue_pending_by_kind.clone()));
     let (start_tx, mut start_rx) = mpsc::unbounded_channel();
     let wake = Arc::new(Notify::new());
     let s = &cfg.spawner;
@@ -739,7 +771,7 @@ pub(crate) async fn run(
         cfg: cfg.clone(),
         cfg_path,
         sd,
-        queue: Arc::new(queue),
+        queue,
         m,
         host: crate::telemetry::hostname(),
         host_id: crate::fleet::host_id(&cfg.spawner.host_id),

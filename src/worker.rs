@@ -394,12 +394,17 @@ impl Worker {
         if let Some(after) = outcome.defer {
             return self.defer(&e, &task, after).await;
         }
+        // Calls and failures count the same thing (one execution each), so
+        // their ratio is a share; labelled by kind: every command handler's
+        // name is "command", and a kind reaching here is a configured one.
+        let handler_l = labels(&[("handler", &task.kind)]);
+        self.metrics.handler_calls.get_or_create(&handler_l).inc();
+        // Created at 0 with the first call: rate() misses a series' first sample.
+        let fail = self.metrics.handler_fail.get_or_create(&handler_l);
         if outcome.status == Status::Error {
-            self.metrics
-                .handler_fail
-                .get_or_create(&labels(&[("handler", handler.name())]))
-                .inc();
+            fail.inc();
         }
+        drop(fail);
         let attempts_done = task.attempts.saturating_add(1);
         let record = ResultRecord {
             task_id: task.id.clone(),
@@ -436,6 +441,7 @@ impl Worker {
                             async move { q.complete(&id, &me, &tid, p.script_json()).await }
                         },
                         &e.id,
+                        prepared.script_json().is_some(),
                     )
                     .await;
                 self.metrics
@@ -467,6 +473,7 @@ impl Worker {
                             async move { q.retry(&id, &me, &n, delay_ms).await }
                         },
                         &e.id,
+                        false,
                     )
                     .await;
                 self.metrics.retried.inc();
@@ -509,6 +516,7 @@ impl Worker {
                     async move { q.retry(&id, &me, &t, delay_ms).await }
                 },
                 &e.id,
+                false,
             )
             .await;
         tracing::info!(task_id = %task.id, worker_id = %self.id, retry_in_ms = delay_ms,
@@ -628,7 +636,9 @@ impl Worker {
     /// Run a finishing script, retrying through Redis outages (the scripts
     /// are idempotent). Gives up only when stopping and the drain time is
     /// spent, leaving the entry pending for re-queue.
-    async fn finish<F, Fut>(&self, f: F, entry_id: &str) -> Option<Moved>
+    /// `writes_result`: the script also writes the result record (stream
+    /// backend), so a failed attempt is a result-backend failure too.
+    async fn finish<F, Fut>(&self, f: F, entry_id: &str, writes_result: bool) -> Option<Moved>
     where
         F: Fn(Arc<Queue>, String, String) -> Fut,
         Fut: std::future::Future<Output = Result<Moved, QueueError>>,
@@ -642,7 +652,10 @@ impl Worker {
                     // Keep the watchdog fed through a Redis outage: the task is
                     // done, only its acknowledgement is waiting.
                     notify(&[NotifyState::Watchdog]);
-                    tracing::warn!(worker_id = %self.id, entry_id, error = %e, "acknowledging failed; retrying");
+                    if writes_result {
+                        self.metrics.result_backend_fail.inc();
+                    }
+                    tracing::warn!(worker_id = %self.id, entry_id, error = %e, writes_result, "acknowledging failed; retrying");
                     if self.stopping() && Instant::now() > give_up {
                         return None;
                     }
@@ -712,6 +725,7 @@ impl Worker {
                     }
                 },
                 &e.id,
+                prepared.as_ref().is_some_and(|p| p.script_json().is_some()),
             )
             .await;
         self.moved_to_handled_id(moved, Handled::DeadLettered(reason.to_string()), task_id)
@@ -725,7 +739,7 @@ pub(crate) const FLEET_FLUSH_EVERY: Duration = Duration::from_secs(5);
 pub(crate) async fn pending_gauge_loop(queue: Arc<Queue>, m: WorkerMetrics, every: Duration) {
     loop {
         if let Ok(by_kind) = queue.pending_by_kind(10_000).await {
-            crate::metrics::set_by_kind(&m.queue_pending, by_kind);
+            m.queue_pending.set(by_kind);
         }
         tokio::time::sleep(every).await;
     }

@@ -88,8 +88,11 @@ main = dashboard("peagen-main", "Peagen fabric / Main", [
     panel(6, "Retries, dead letters, reclaimed", [
         (f"sum(rate(peagen_tasks_retried_total{I}[5m]))", "retried"),
         (f"sum by (reason) (rate(peagen_tasks_dead_lettered_total{I}[5m]))", "dead-lettered {{reason}}"),
-        (f"sum(rate(peagen_reclaimed_tasks_total{I}[5m]))", "reclaimed"),
-    ], 12, 9, 12, unit="ops"),
+        (f"sum by (outcome) (rate(peagen_reclaimed_tasks_total{I}[5m]))", "reclaim {{outcome}}"),
+    ], 12, 9, 12, unit="ops",
+          desc="Dead letters come from workers (by reason) and from the spawner's reclaim of dead "
+               "workers' tasks (reclaim dead_lettered: attempts used up or poison); reclaim "
+               "requeued = tasks of dead workers put back."),
     row(7, "Workers", 17),
     panel(8, "Workers by state", [
         (f"sum by (state) (peagen_workers{I})", "{{state}}"),
@@ -120,10 +123,11 @@ main = dashboard("peagen-main", "Peagen fabric / Main", [
         (f"histogram_quantile(0.5, sum by (kind, le) (rate(peagen_task_duration_seconds_bucket{I}[5m])))", "p50 {{kind}}"),
         (f"histogram_quantile(0.95, sum by (kind, le) (rate(peagen_task_duration_seconds_bucket{I}[5m])))", "p95 {{kind}}"),
     ], 8, 35, 8, unit="s"),
-    panel(17, "Handler failure ratio", [
-        (f"sum(rate(peagen_handler_fail_total{I}[5m])) / sum(rate(peagen_tasks_total{I}[5m]))", "all"),
-        (f"sum by (handler) (rate(peagen_handler_fail_total{I}[5m]))", "fails/s {{handler}}"),
-    ], 16, 35, 8, unit="percentunit", desc="Alert: above 10 % over 5 minutes."),
+    panel(17, "Handler failure ratio by kind", [
+        (f"sum by (handler) (rate(peagen_handler_fail_total{I}[5m])) / sum by (handler) (rate(peagen_handler_calls_total{I}[5m]))", "{{handler}}"),
+    ], 16, 35, 8, unit="percentunit",
+          desc="Share of handler calls (retries included) that failed, per task kind, over 5 "
+               "minutes; at most 100 %. Alert: above 10 % with at least 10 calls, for 2 minutes."),
     panel(18, "Result backend failures", [
         (f"sum(increase(peagen_result_backend_fail_total{I}[5m]))", "per 5 min"),
     ], 0, 43, 12),

@@ -122,6 +122,24 @@ impl Registry {
         r
     }
 
+    /// The kinds [`Registry::with_metrics`] registers for `cfg`, without
+    /// building any handler (for the spawner's per-kind gauges).
+    pub fn configured_kinds(cfg: &Config) -> Vec<String> {
+        let mut k: Vec<String> = [
+            ("echo", cfg.handlers.echo),
+            ("execute", cfg.handlers.execute),
+        ]
+        .into_iter()
+        .filter(|(_, on)| *on)
+        .map(|(n, _)| n.to_string())
+        .chain(cfg.handlers.command.iter().map(|c| c.kind.clone()))
+        .chain(cfg.llm.kinds())
+        .collect();
+        k.sort();
+        k.dedup();
+        k
+    }
+
     pub fn insert(&mut self, kind: &str, h: Arc<dyn Handler>) {
         self.by_kind.insert(kind.to_string(), h);
     }
@@ -132,5 +150,30 @@ impl Registry {
 
     pub fn kinds(&self) -> impl Iterator<Item = &str> {
         self.by_kind.keys().map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configured_kinds_are_the_registrys_kinds() {
+        let text = "[handlers]\nexecute = true\n[[handlers.command]]\nkind = \"render\"\nprogram = \"/bin/true\"\n\
+                    [[llm.backends]]\nname = \"b\"\nbase-url = \"http://127.0.0.1:9\"\nmodel = \"m\"\nkinds = [\"mutate\", \"judge\"]\n";
+        let cfg = Config::from_toml(text, std::path::Path::new("t.toml")).unwrap();
+        let built: Vec<String> = Registry::from_config(&cfg)
+            .kinds()
+            .map(String::from)
+            .collect();
+        let kinds = Registry::configured_kinds(&cfg);
+        assert_eq!(kinds, built);
+        assert!(kinds.contains(&"render".to_string()) && kinds.contains(&"judge".to_string()));
+        let bare = Config::from_toml("", std::path::Path::new("t.toml")).unwrap();
+        let built: Vec<String> = Registry::from_config(&bare)
+            .kinds()
+            .map(String::from)
+            .collect();
+        assert_eq!(Registry::configured_kinds(&bare), built);
     }
 }

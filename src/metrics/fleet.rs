@@ -366,9 +366,7 @@ mod tests {
     fn worker_registry_series_and_deltas() {
         let mut r = new_registry();
         let m = WorkerMetrics::new(&mut r);
-        m.queue_pending
-            .get_or_create(&labels(&[("kind", "echo")]))
-            .set(7);
+        m.queue_pending.set([("echo".to_string(), 7)].into());
         m.tasks
             .get_or_create(&labels(&[("kind", "echo"), ("status", "ok")]))
             .inc();

@@ -38,21 +38,44 @@ impl Default for ServeLimits {
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+/// Refreshes gauges right before a scrape renders them (e.g. the per-kind
+/// queue counts), so a scrape sees the queue as it is, not as it was at the
+/// last tick. Set once the data source is reachable; bounded by
+/// [`HOOK_LIMIT`] (past it the last values are served).
+pub type ScrapeHook =
+    Arc<dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync>;
+
+/// Slot for a [`ScrapeHook`] that is set after the endpoint is up.
+pub type HookSlot = Arc<std::sync::OnceLock<ScrapeHook>>;
+
+/// Longest a scrape waits for its [`ScrapeHook`].
+const HOOK_LIMIT: Duration = Duration::from_secs(2);
+
 /// Serve `GET /metrics` on `addr` (loopback by default) with the default
 /// limits; returns the bound address.
 pub(crate) async fn serve(addr: SocketAddr, reg: SharedRegistry) -> std::io::Result<SocketAddr> {
-    serve_with(addr, reg, ServeLimits::default()).await
+    serve_with(addr, reg, ServeLimits::default(), HookSlot::default()).await
 }
 
-/// [`serve`] with explicit limits.
+/// [`serve`], running the hook in `hook` (once set) before each scrape.
+pub async fn serve_hooked(
+    addr: SocketAddr,
+    reg: SharedRegistry,
+    hook: HookSlot,
+) -> std::io::Result<SocketAddr> {
+    serve_with(addr, reg, ServeLimits::default(), hook).await
+}
+
+/// [`serve`] with explicit limits and a hook slot.
 pub(crate) async fn serve_with(
     addr: SocketAddr,
     reg: SharedRegistry,
     limits: ServeLimits,
+    hook: HookSlot,
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    tokio::spawn(accept_loop(listener, reg, limits));
+    tokio::spawn(accept_loop(listener, reg, limits, hook));
     Ok(local)
 }
 
@@ -66,8 +89,16 @@ fn is_resource_error(e: &std::io::Error) -> bool {
     )
 }
 
-async fn accept_loop(listener: TcpListener, reg: SharedRegistry, limits: ServeLimits) {
+async fn accept_loop(
+    listener: TcpListener,
+    reg: SharedRegistry,
+    limits: ServeLimits,
+    hook: HookSlot,
+) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    // One refresh at a time: concurrent scrapes queue behind it instead of
+    // each scanning Redis.
+    let refreshing = Arc::new(tokio::sync::Mutex::new(()));
     let (first, max) = limits.accept_backoff;
     let mut backoff = first;
     loop {
@@ -97,8 +128,9 @@ async fn accept_loop(listener: TcpListener, reg: SharedRegistry, limits: ServeLi
             continue;
         };
         let reg = reg.clone();
+        let hook = hook.get().cloned().map(|h| (h, refreshing.clone()));
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(limits.timeout, handle(sock, &reg, &limits)).await;
+            let _ = tokio::time::timeout(limits.timeout, handle(sock, &reg, &limits, hook)).await;
             drop(permit);
         });
     }
@@ -136,11 +168,22 @@ fn respond(head: &[u8], reg: &SharedRegistry) -> (&'static str, &'static str, St
 }
 
 /// Read the request head (up to the blank line, within the cap) and answer.
-async fn handle(mut sock: TcpStream, reg: &SharedRegistry, limits: &ServeLimits) {
+async fn handle(
+    mut sock: TcpStream,
+    reg: &SharedRegistry,
+    limits: &ServeLimits,
+    hook: Option<(ScrapeHook, Arc<tokio::sync::Mutex<()>>)>,
+) {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     let (status, ctype, body) = loop {
         if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            if let Some((hook, lock)) = &hook {
+                if buf.starts_with(b"GET /metrics ") || buf.starts_with(b"GET /metrics?") {
+                    let _one = lock.lock().await;
+                    let _ = tokio::time::timeout(HOOK_LIMIT, hook()).await;
+                }
+            }
             break respond(&buf, reg);
         }
         if buf.len() > limits.max_request_bytes {
@@ -184,7 +227,7 @@ mod tests {
 
     async fn server(l: ServeLimits) -> SocketAddr {
         let reg: SharedRegistry = Arc::new(std::sync::Mutex::new(crate::metrics::new_registry()));
-        serve_with("127.0.0.1:0".parse().unwrap(), reg, l)
+        serve_with("127.0.0.1:0".parse().unwrap(), reg, l, HookSlot::default())
             .await
             .unwrap()
     }
