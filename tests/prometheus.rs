@@ -360,6 +360,21 @@ fn shipped_alerts_and_dashboards_tell_the_truth_in_a_real_prometheus() {
         failed.push(format!("listed as expected-empty but has data: {w}"));
     }
 
+    // Faults produced so far fire their own alerts and no other (a crash must
+    // not open the spawner's breaker; no LLM alert without LLM traffic).
+    for a in unexpected(
+        &p,
+        &[
+            BACKLOG,
+            ERROR_EXITS,
+            FAILURE_RATE,
+            RESULT_BACKEND,
+            STREAM_MEMORY,
+        ],
+    ) {
+        failed.push(format!("active, but no phase produced its condition: {a}"));
+    }
+
     // --- Exporter down: stop the spawner; its endpoint goes away.
     b.sh("systemctl stop peagen-spawnerd");
     failed.extend(wait_firing(
