@@ -127,6 +127,7 @@ fn wait_firing(p: &Prometheus, name: &str, what: &str, diag: &str) -> Option<Str
     let deadline = Instant::now() + FIRE_WITHIN;
     while Instant::now() < deadline {
         if p.firing(name) {
+            eprintln!("fired: {name} ({what})");
             return None;
         }
         std::thread::sleep(Duration::from_millis(500));
@@ -183,6 +184,10 @@ fn shipped_alerts_and_dashboards_tell_the_truth_in_a_real_prometheus() {
         p.values(&format!("up{{job=\"{JOB}\"}}")) == [1.0]
     });
     eventually(LONG, "a warm pool of 2", || b.live_workers() == 2);
+    // Rules evaluated on scraped data (before the first scrape
+    // PeagenExporterDown's absent() is true: not part of the healthy run).
+    let scraped = p.now();
+    p.wait_evaluated_after(scraped + 1.0, LONG);
     // Every rule loaded and evaluates without error (a rule that errors
     // stays silent for the wrong reason).
     let all_ok = || {
@@ -347,6 +352,7 @@ fn shipped_alerts_and_dashboards_tell_the_truth_in_a_real_prometheus() {
         let listed = EXPECTED_EMPTY.iter().find(|(m, _)| expr.contains(m));
         match (has, listed) {
             (false, None) => missing.push(format!("{file} / {panel}: {expr}")),
+            (false, Some((_, why))) => eprintln!("expected-empty: {file} / {panel}: {why}"),
             (true, Some((m, _))) => {
                 wrongly_listed.push(format!("{file} / {panel}: {expr} (listed by {m})"))
             }
