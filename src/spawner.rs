@@ -30,6 +30,11 @@ use tokio::sync::{mpsc, Notify};
 const START_JOB_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often the per-kind and memory gauges are refreshed (they scan).
 const SLOW_GAUGES_EVERY: Duration = Duration::from_secs(10);
+/// A worker seen holding a task counts as busy in `peagen_workers` for this
+/// long after: under steady load a worker between two tasks holds nothing
+/// for a moment, and each pass that sampled that moment made the gauge flap.
+/// Only the gauge: the policy still sees it idle.
+pub(crate) const BUSY_GRACE: Duration = Duration::from_secs(3);
 
 type StartResult = (String, Result<crate::systemd::StartOutcome>);
 
@@ -48,6 +53,8 @@ struct Spawner {
     mem: Memory,
     /// Worker id -> since when it was seen idle (rebuilt after a restart).
     idle_since: HashMap<String, Instant>,
+    /// Worker id -> until when the gauge counts it busy ([`BUSY_GRACE`]).
+    busy_until: HashMap<String, Instant>,
     /// Start calls in flight (worker id -> started at), counted as starting.
     starting: HashMap<String, Instant>,
     /// Worker ids seen live in the previous tick, to notice units that vanished.
@@ -83,6 +90,20 @@ impl Spawner {
                 .reclaimed
                 .get_or_create(&labels(&[("outcome", outcome)]))
                 .inc_by(n);
+        }
+    }
+
+    /// A worker that died without counting its exit (killed, crashed) is
+    /// counted here as `worker_exit_reason{reason="error"}`, in the host's
+    /// hash where the workers count theirs, so the alert sees crashes.
+    async fn count_crash(&self, worker_id: &str) {
+        let key = self.cfg.redis.fleet_metrics_key(&self.host);
+        let field = crate::metrics::series_text(
+            "peagen_worker_exit_reason_total",
+            &labels(&[("reason", "error")]),
+        );
+        if let Err(e) = self.queue.hash_incr(&key, &[(field, 1)], &[]).await {
+            tracing::warn!(worker_id, key, error = %e, "cannot count the failed worker's exit (reason=error); this exit is lost");
         }
     }
 
@@ -165,8 +186,15 @@ impl Spawner {
             if !reclaimed {
                 continue;
             }
-            if let Err(e) = self.sd.reset_failed(&u.unit).await {
-                tracing::debug!(unit = %u.unit, error = %e, "ResetFailedUnit failed");
+            match self.sd.reset_failed(&u.unit).await {
+                // Counted once: after the reset the unit is not listed again.
+                Ok(())
+                    if u.active_state == "failed" && uncounted_failure(&result, code, status) =>
+                {
+                    self.count_crash(&u.worker_id).await
+                }
+                Ok(()) => {}
+                Err(e) => tracing::debug!(unit = %u.unit, error = %e, "ResetFailedUnit failed"),
             }
             self.idle_since.remove(&u.worker_id);
         }
@@ -199,6 +227,8 @@ impl Spawner {
                 UnitState::Stopping => WorkerState::Stopping,
                 UnitState::Busy => {
                     self.idle_since.remove(&u.worker_id);
+                    self.busy_until
+                        .insert(u.worker_id.clone(), now + BUSY_GRACE);
                     WorkerState::Busy
                 }
                 UnitState::Idle => WorkerState::Idle {
@@ -221,6 +251,7 @@ impl Spawner {
             }
         }
         self.idle_since.retain(|id, _| seen.contains(id));
+        self.busy_until.retain(|id, _| seen.contains(id));
 
         let backlog = Backlog {
             lag: stats.lag,
@@ -315,15 +346,7 @@ impl Spawner {
         st: &QueueStats,
         now: Instant,
     ) {
-        let mut n = [0i64; 4];
-        for v in views {
-            n[match v.state {
-                WorkerState::Starting => 0,
-                WorkerState::Idle { .. } => 1,
-                WorkerState::Busy => 2,
-                WorkerState::Stopping => 3,
-            }] += 1;
-        }
+        let n = gauge_counts(views, &self.busy_until, now);
         for (i, s) in ["starting", "idle", "busy", "stopping"].iter().enumerate() {
             self.m
                 .workers
@@ -477,6 +500,34 @@ impl Spawner {
             }
         }
     }
+}
+
+/// `peagen_workers{state}` counts (starting, idle, busy, stopping): an idle
+/// worker still inside its [`BUSY_GRACE`] counts as busy.
+fn gauge_counts(
+    views: &[WorkerView],
+    busy_until: &HashMap<String, Instant>,
+    now: Instant,
+) -> [i64; 4] {
+    let mut n = [0i64; 4];
+    for v in views {
+        n[match v.state {
+            WorkerState::Starting => 0,
+            WorkerState::Idle { .. } if busy_until.get(&v.id).is_some_and(|t| *t > now) => 2,
+            WorkerState::Idle { .. } => 1,
+            WorkerState::Busy => 2,
+            WorkerState::Stopping => 3,
+        }] += 1;
+    }
+    n
+}
+
+/// A failed worker unit that the worker did not count itself: everything
+/// but its own error exit (status 1, after adding `reason="error"` to the
+/// host's hash): kills, crashes, watchdog, start failures. `code` is
+/// `ExecMainCode` (1 = exited).
+pub(crate) fn uncounted_failure(result: &str, code: i32, status: i32) -> bool {
+    !(result == "exit-code" && code == 1 && status == crate::exit::FAILURE)
 }
 
 /// The scrape hook of the spawner's endpoint: `queue_pending_total{kind}`
@@ -782,6 +833,7 @@ pub(crate) async fn run(
         ),
         mem: Memory::default(),
         idle_since: HashMap::new(),
+        busy_until: HashMap::new(),
         starting: HashMap::new(),
         live_prev: HashSet::new(),
         start_tx,
@@ -928,4 +980,51 @@ fn spawn_watcher(sd: &Systemd, wake: Arc<Notify>) -> tokio::task::JoinHandle<()>
         }
         wake.notify_one();
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_between_two_tasks_counts_busy_within_the_grace() {
+        let now = Instant::now();
+        let idle = |id: &str| WorkerView {
+            id: id.into(),
+            state: WorkerState::Idle { since: now },
+        };
+        let views = vec![
+            idle("between-tasks"),
+            idle("long-idle"),
+            WorkerView {
+                id: "busy".into(),
+                state: WorkerState::Busy,
+            },
+            WorkerView {
+                id: "stopping".into(),
+                state: WorkerState::Stopping,
+            },
+        ];
+        let busy_until = HashMap::from([
+            ("between-tasks".to_string(), now + BUSY_GRACE),
+            ("long-idle".to_string(), now - Duration::from_millis(1)),
+        ]);
+        assert_eq!(gauge_counts(&views, &busy_until, now), [0, 1, 2, 1]);
+        // After the grace it is idle.
+        assert_eq!(
+            gauge_counts(&views, &busy_until, now + BUSY_GRACE),
+            [0, 2, 1, 1]
+        );
+    }
+
+    #[test]
+    fn only_the_workers_own_error_exit_is_left_uncounted() {
+        assert!(!uncounted_failure("exit-code", 1, crate::exit::FAILURE));
+        assert!(uncounted_failure("signal", 2, 9), "SIGKILL");
+        assert!(uncounted_failure("core-dump", 3, 6), "abort");
+        assert!(uncounted_failure("exit-code", 1, 101), "panic");
+        assert!(uncounted_failure("exit-code", 1, crate::exit::CONFIG));
+        assert!(uncounted_failure("watchdog", 2, 6));
+        assert!(uncounted_failure("unknown", 0, 0));
+    }
 }

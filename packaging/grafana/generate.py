@@ -96,7 +96,9 @@ main = dashboard("peagen-main", "Peagen fabric / Main", [
     row(7, "Workers", 17),
     panel(8, "Workers by state", [
         (f"sum by (state) (peagen_workers{I})", "{{state}}"),
-    ], 0, 18, 8, stack=True),
+    ], 0, 18, 8, stack=True,
+          desc="starting, idle, busy, stopping. A worker that held a task in the last 3 s counts "
+               "as busy, so a worker between two tasks does not make the gauge flap."),
     panel(9, "Desired vs running", [
         (f"sum(peagen_workers_desired{I})", "desired"),
         (f"sum(peagen_workers{I})", "running"),
