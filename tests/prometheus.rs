@@ -392,3 +392,36 @@ fn shipped_alerts_and_dashboards_tell_the_truth_in_a_real_prometheus() {
     p.stop();
     assert!(failed.is_empty(), "{failed:#?}");
 }
+
+/// Why the failure-rate alert can fire for a burst: a kind's call and failure
+/// counters reach the fleet hash at 0 before its first call. (Created with
+/// the first call, a burst finished within one flush arrived as the series'
+/// first sample, which rate() ignores: PeagenHandlerFailureRate missed 30
+/// failures of 40 calls in one run of the test above out of three.)
+#[test]
+fn configured_kinds_have_handler_counters_at_zero_before_their_first_call() {
+    let r = support::Redis::start();
+    let dir = tempfile::tempdir_in(support::scratch()).unwrap();
+    let cfg = support::write_config(
+        dir.path(),
+        "[[handlers.command]]\nkind = \"fail\"\nprogram = \"/bin/sh\"\nargs = [\"-c\", \"exit 3\"]\n",
+    );
+    // No task at all: the worker idles out and flushes on its way out.
+    let mut w = support::WorkerProc::start(&r, &cfg, "w-zero", &[("WORKER_IDLE_EXIT", "1")]);
+    assert_eq!(w.wait_exit(LONG), Some(0), "{}", w.log_text());
+    let key = format!(
+        "peagen.tasks.metrics.{}",
+        peagen_fabric::telemetry::hostname()
+    );
+    for kind in ["fail", "echo"] {
+        for m in ["peagen_handler_calls_total", "peagen_handler_fail_total"] {
+            let field = format!("{m}{{handler=\"{kind}\"}}");
+            assert_eq!(
+                r.cli(&["HGET", &key, &field]).trim(),
+                "0",
+                "{field} in {key}: {:?}",
+                r.cli(&["HGETALL", &key])
+            );
+        }
+    }
+}
