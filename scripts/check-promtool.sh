@@ -5,6 +5,8 @@
 #    not-firing case,
 #  - Grafana dashboards: valid JSON, up to date with generate.py, every query
 #    parses as PromQL (promtool check rules on a generated rule file),
+#  - docs/operations.md's metric and alert tables list exactly the contract
+#    and the rule file's alerts,
 #  - alerts and dashboards use only the metric names of the contract
 #    (packaging/prometheus/metric-names.txt), and dashboards only recorded
 #    series (peagen:...) that the rule file records.
@@ -69,6 +71,25 @@ for name in ("peagen-main.json", "peagen-cost.json"):
                     fail.append(f"{name} panel {p['title']!r}: {r} is not recorded by peagen-alerts.yml")
             e = e.replace("$instance", ".*").replace("$__range", "1h")
             rules.append({"record": f"peagen:dashboard:{len(rules)}", "expr": e})
+# docs/operations.md: its metric tables name exactly the contract (with its
+# types), its alert tables exactly the rule file's alerts.
+documented, doc_alerts = set(), set()
+for line in open("docs/operations.md"):
+    cells = [c.strip() for c in line.split("|")]
+    if len(cells) < 4:
+        continue
+    first = cells[1].strip("`")
+    if first.startswith("peagen_"):
+        documented.add((first.split("{")[0], cells[2]))
+    elif re.fullmatch(r"Peagen[A-Za-z0-9]+", first):
+        doc_alerts.add(first)
+want = {(n, k) for n, k in contract.items()}
+for n, k in sorted(documented - want):
+    fail.append(f"docs/operations.md: metric row {n} ({k}) is not in metric-names.txt")
+for n, k in sorted(want - documented):
+    fail.append(f"docs/operations.md: no metric row for {n} ({k})")
+for a in sorted(doc_alerts ^ set(alerts)):
+    fail.append(f"docs/operations.md: alert {a} is in only one of the docs' alert tables and peagen-alerts.yml")
 with open(f"{tmp}/dash.rules.yml", "w") as f:
     json.dump({"groups": [{"name": "dashboards", "rules": rules}]}, f)
 print(f"check-promtool: {len(alerts)} alerts with firing+quiet tests, {len(rules)} dashboard queries")

@@ -306,6 +306,133 @@ pub fn render(reg: &Registry) -> String {
 mod tests {
     use super::*;
 
+    /// (type, name) of every family an encoded registry declares.
+    fn declared(text: &str) -> std::collections::BTreeSet<(String, String)> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|t| t.split_once(' '))
+            .map(|(name, ty)| {
+                // Text names of counters carry no `_total`; the contract's do.
+                let name = if ty == "counter" {
+                    format!("{name}_total")
+                } else {
+                    name.to_string()
+                };
+                (ty.to_string(), name)
+            })
+            .collect()
+    }
+
+    /// The metric contract (packaging/prometheus/metric-names.txt), which
+    /// alerts, dashboards and docs are checked against, is exactly what the
+    /// two programs declare: the spawner's registry (fleet and workers'
+    /// counters included) and the worker's.
+    #[test]
+    fn contract_is_what_the_programs_export() {
+        let contract: std::collections::BTreeSet<(String, String)> =
+            include_str!("../packaging/prometheus/metric-names.txt")
+                .lines()
+                .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+                .map(|l| {
+                    let (t, n) = l.split_once(' ').expect("type name");
+                    (t.to_string(), n.trim().to_string())
+                })
+                .collect();
+        let mut w = new_registry();
+        let wm = WorkerMetrics::new(&mut w);
+        let mut sp = new_registry();
+        let sm = SpawnerMetrics::new(&mut sp);
+        let _fm = crate::fleet_store::FleetMetrics::register(&mut sp);
+        // Labelled families declare themselves once they have a series.
+        let l = labels(&[("x", "y")]);
+        for f in [
+            &wm.tasks,
+            &wm.handler_calls,
+            &wm.handler_fail,
+            &wm.dead_lettered,
+            &wm.cost.tokens,
+            &wm.cost.requests,
+            &wm.cost.ratelimit_deferred,
+            &wm.cost.budget_refusals,
+            &sm.reclaimed,
+        ] {
+            f.get_or_create(&l).inc();
+        }
+        for f in [&wm.cost.ratelimit_wait, &wm.cost.runtime_seconds] {
+            f.get_or_create(&l).inc();
+        }
+        wm.task_duration.get_or_create(&l).observe(1.0);
+        wm.cost.request_duration.get_or_create(&l).observe(1.0);
+        for g in [
+            &sm.workers,
+            &sm.redis_pending,
+            &sm.stream_memory,
+            &sm.queue_lag,
+        ] {
+            g.get_or_create(&l).set(1);
+        }
+        wm.queue_pending.set(BTreeMap::from([("k".into(), 1)]));
+        sm.queue_pending_by_kind
+            .set(BTreeMap::from([("k".into(), 1)]));
+        let mut got = declared(&render(&w));
+        got.extend(declared(&render(&sp)));
+        // Counters are rendered with `_total` already in the TYPE line of
+        // some encoders; normalise `_total_total`.
+        let got: std::collections::BTreeSet<(String, String)> = got
+            .into_iter()
+            .map(|(t, n)| (t, n.replace("_total_total", "_total")))
+            .collect();
+        assert_eq!(
+            got.difference(&contract).collect::<Vec<_>>(),
+            Vec::<&(String, String)>::new(),
+            "exported but not in metric-names.txt"
+        );
+        assert_eq!(
+            contract.difference(&got).collect::<Vec<_>>(),
+            Vec::<&(String, String)>::new(),
+            "in metric-names.txt but not exported"
+        );
+    }
+
+    /// docs/operations.md's metric tables name exactly the contract, with
+    /// its types; its alert tables exactly the rule file's alerts.
+    #[test]
+    fn docs_tables_match_the_contract_and_the_rules() {
+        let docs = include_str!("../docs/operations.md");
+        let contract: std::collections::BTreeSet<(String, String)> =
+            include_str!("../packaging/prometheus/metric-names.txt")
+                .lines()
+                .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+                .map(|l| {
+                    let (t, n) = l.split_once(' ').expect("type name");
+                    (t.to_string(), n.trim().to_string())
+                })
+                .collect();
+        let mut documented = std::collections::BTreeSet::new();
+        let mut alerts_doc = std::collections::BTreeSet::new();
+        for l in docs.lines() {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            if cells.len() < 4 {
+                continue;
+            }
+            let first = cells[1].trim_matches('`');
+            if first.starts_with("peagen_") {
+                let name = first.split('{').next().unwrap_or(first);
+                documented.insert((cells[2].to_string(), name.to_string()));
+            } else if first.starts_with("Peagen") && !first.contains(' ') {
+                alerts_doc.insert(first.to_string());
+            }
+        }
+        assert_eq!(documented, contract, "docs/operations.md metric tables");
+        let rules: std::collections::BTreeSet<String> =
+            include_str!("../packaging/prometheus/peagen-alerts.yml")
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix("- alert: "))
+                .map(|a| a.trim().to_string())
+                .collect();
+        assert_eq!(alerts_doc, rules, "docs/operations.md alert tables");
+    }
+
     #[test]
     fn kind_gauge_reads_zero_for_configured_kinds_and_drops_others() {
         let mut r = new_registry();

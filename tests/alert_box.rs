@@ -1,6 +1,7 @@
 //! Alert inputs only the spawner can produce, in a real systemd box (see
 //! tests/spawner.rs): a worker killed mid-task cannot count its own exit, so
-//! the spawner that sees its unit fail counts it as an error exit.
+//! the spawner that sees its unit fail counts it as an error exit; the
+//! per-kind pending gauge reads 0 for configured kinds while idle.
 
 mod support;
 
@@ -12,7 +13,7 @@ const LONG: Duration = Duration::from_secs(90);
 
 #[test]
 #[ignore = "needs root"]
-fn killed_worker_is_counted_as_an_error_exit_by_the_spawner() {
+fn killed_worker_is_counted_as_an_error_exit_and_idle_kinds_read_zero() {
     let b = TestBox::start("crashcount");
     b.write_config("max = 2\nwarm-pool = 1\nidle-timeout-secs = 600", "");
     b.start_spawnerd();
@@ -21,6 +22,11 @@ fn killed_worker_is_counted_as_an_error_exit_by_the_spawner() {
         (b.live_workers() == 1).then_some(())
     });
     assert_eq!(b.metric(err).unwrap_or(0.0), 0.0, "{}", b.metrics());
+    // Idle: every configured kind reads 0 (not "No data").
+    for kind in ["echo", "sleep", "slow"] {
+        let s = format!("peagen_queue_pending_total{{kind=\"{kind}\"}}");
+        assert_eq!(b.metric(&s), Some(0.0), "{}", b.metrics());
+    }
     b.push("slow", 1);
     let victim: String = eventually(LONG, "the task in flight", || {
         let s = b.stats();
