@@ -54,8 +54,8 @@ const EXPORTER_DOWN: &str = "PeagenExporterDown";
 const EXPECTED_EMPTY: &[(&str, &str)] = &[
     (
         "peagen_llm_",
-        "no LLM backend in the box: a real provider is off-limits (no network) and a mock \
-         would not be the real component; tests/llm.rs covers these series",
+        "no LLM traffic in this run: no provider is reachable offline; tests/llm.rs checks \
+         these series against its stand-in provider",
     ),
     (
         "peagen:llm_tokens:",
