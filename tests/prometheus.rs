@@ -14,6 +14,9 @@
 //!   500 MB costs more memory and time than CI has; 2 MB is far above what the
 //!   healthy run leaves in any stream and below what the memory phase writes).
 //!
+//! LLM traffic goes to a stand-in chat-completions server on host loopback
+//! ([`support::llm_standin`]; no provider is reachable offline).
+//!
 //! Scrape and evaluation intervals are 1 s. Windows (`[5m]`, `[10m]`) and every
 //! other threshold are the shipped ones.
 
@@ -48,24 +51,20 @@ const FAILURE_RATE: &str = "PeagenHandlerFailureRate";
 const RESULT_BACKEND: &str = "PeagenResultBackendFailure";
 const STREAM_MEMORY: &str = "PeagenStreamMemoryHigh";
 const EXPORTER_DOWN: &str = "PeagenExporterDown";
+/// The seed's "llm_tokens_total: sudden 2x spike".
+const TOKEN_SPIKE: &str = "PeagenTokenSpike";
+/// Fires with the token spike, and truly: its forecast is the last day's run
+/// rate x 30 days, and the only history here is the spike (~600 tokens/s is
+/// ~1.5e9 tokens a month against the shipped 5e7 budget).
+const FORECAST_OVER_BUDGET: &str = "PeagenLLMTokenForecastOverBudget";
 
 /// Dashboard queries that return nothing in this run, with the reason. The
 /// test also fails when one of them DOES return data (the list stays true).
-const EXPECTED_EMPTY: &[(&str, &str)] = &[
-    (
-        "peagen_llm_",
-        "no LLM traffic in this run: no provider is reachable offline; tests/llm.rs checks \
-         these series against its stand-in provider",
-    ),
-    (
-        "peagen:llm_tokens:",
-        "recorded from peagen_llm_tokens_total, which has no series without LLM traffic",
-    ),
-    (
-        "peagen:llm_cost:",
-        "recorded from peagen_llm_tokens_total, which has no series without LLM traffic",
-    ),
-];
+const EXPECTED_EMPTY: &[(&str, &str)] = &[(
+    "peagen_llm_ratelimit_deferred_total",
+    "no task was deferred (the stand-in backend has no rate limit), and the counter has no \
+     series for a backend before its first deferral",
+)];
 
 /// The extra handlers and worker settings of the box's config.
 const EXTRA: &str = r#"
@@ -172,10 +171,15 @@ fn shipped_alerts_and_dashboards_tell_the_truth_in_a_real_prometheus() {
     // alert that fails, not only the first).
     let mut failed: Vec<String> = vec![];
 
+    // Every mutate call answered with 100 + 200 tokens of usage.
+    let llm = support::llm_standin::LlmStandIn::start(100, 200);
     let b = TestBox::start("prom");
     b.write_config(
         "max = 4\nwarm-pool = 2\nidle-timeout-secs = 600\nscale-down-window-secs = 600",
-        EXTRA,
+        &format!(
+            "{EXTRA}[[llm.backends]]\nname = \"stand-in\"\nbase-url = \"{}\"\nmodel = \"test-model\"\n",
+            llm.base_url()
+        ),
     );
     b.start_spawnerd();
     let target = format!("127.0.0.1:{}", b.metrics_port);
@@ -352,6 +356,31 @@ fn shipped_alerts_and_dashboards_tell_the_truth_in_a_real_prometheus() {
         "peagen_redis_stream_memory_bytes",
     ));
 
+    // --- LLM token spike: from no LLM traffic to 2 mutate calls (600 tokens)
+    // a second for 12 s, over more than one worker flush (a counter's first
+    // sample is not a rate).
+    for _ in 0..12 {
+        push(
+            &b,
+            "mutate",
+            2,
+            Some(r#"{"messages":[{"role":"user","content":"improve f"}],"max_tokens":256}"#),
+        );
+        // Pacing of the traffic, not a wait for anything.
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    eventually(LONG, "the LLM phase drained", || drained(&b));
+    assert!(
+        llm.requests.load(std::sync::atomic::Ordering::SeqCst) >= 24,
+        "the stand-in provider answered every mutate call"
+    );
+    failed.extend(wait_firing(
+        &p,
+        TOKEN_SPIKE,
+        "LLM tokens from none to ~600/s",
+        "peagen_llm_tokens_total",
+    ));
+
     // --- Dashboards: every query returns data, or is expected-empty.
     // The traffic above is at most a few minutes old: bind $__range to 10m.
     let mut missing = vec![];
@@ -385,6 +414,8 @@ fn shipped_alerts_and_dashboards_tell_the_truth_in_a_real_prometheus() {
             FAILURE_RATE,
             RESULT_BACKEND,
             STREAM_MEMORY,
+            TOKEN_SPIKE,
+            FORECAST_OVER_BUDGET,
         ],
     ) {
         failed.push(format!("active, but no phase produced its condition: {a}"));
