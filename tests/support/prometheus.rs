@@ -365,12 +365,3 @@ pub fn shortened_rules(shipped: &str, for_: &str, thresholds: &[(&str, &str, &st
     }
     out
 }
-
-/// The alert names of a rule file.
-pub fn alert_names(rules: &str) -> Vec<String> {
-    rules
-        .lines()
-        .filter_map(|l| l.trim_start().strip_prefix("- alert: "))
-        .map(|n| n.trim().to_string())
-        .collect()
-}
