@@ -64,6 +64,15 @@ pub fn cli_main() -> i32 {
 async fn async_main(cfg: Config, mut marks: StartupMarks) -> i32 {
     let mut reg = crate::metrics::new_registry();
     let metrics = WorkerMetrics::new(&mut reg);
+    // Every configured kind's call and failure counters exist at 0 before its
+    // first call: created with it, a burst finished within one flush reaches
+    // the fleet hash as the series' first sample, which rate() ignores (the
+    // failure-rate alert then never fires).
+    for kind in crate::handlers::Registry::configured_kinds(&cfg) {
+        let l = labels(&[("handler", &kind)]);
+        let _ = metrics.handler_calls.get_or_create(&l);
+        let _ = metrics.handler_fail.get_or_create(&l);
+    }
     let reg = Arc::new(std::sync::Mutex::new(reg));
     let (tx, rx) = watch::channel(false);
     spawn_signal_listener(tx);
