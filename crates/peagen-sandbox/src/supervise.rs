@@ -237,51 +237,21 @@ pub(crate) fn run(sb: &Sandbox, req: &Request) -> Verdict {
         .cpu_ns()
         .map(|ns| ns as f64 / 1e6)
         .unwrap_or_else(|| tv(ru.ru_utime) + tv(ru.ru_stime));
-    let (peak, peak_src) = match cg.peak_memory() {
-        Some(p) => (
-            Some(p),
-            if cg.memory_mech() == Mechanism::CgroupV2 {
-                "cgroup_v2"
-            } else {
-                "cgroup_v1"
-            },
-        ),
-        None => (Some(ru.ru_maxrss as u64 * 1024), "rusage"),
-    };
-    let oom = cg.oom_hit();
-    // What enforced each limit: the cgroups the task really joined, else
-    // the rlimit the child set in their place.
-    let or_rlimit = |m: Mechanism| match m {
-        Mechanism::None => Mechanism::Rlimit,
-        m => m,
-    };
-    let mut limits = limits;
-    limits.memory_bytes.mechanism = or_rlimit(cg.memory_mech());
-    limits.pids.mechanism = or_rlimit(cg.pids_mech());
-    limits.cpu_ms.mechanism = or_rlimit(cg.cpu_mech());
-    limits.file_size_bytes.mechanism = Mechanism::Rlimit;
-    limits.tmpfs_bytes.mechanism = Mechanism::Tmpfs;
-    cg.remove(&sb.cgroups);
-
-    let mut v = Verdict {
-        status: Status::InternalError,
-        exit_code: None,
-        signal: None,
-        signal_name: None,
-        message: String::new(),
-        wall_ms,
-        cpu_ms,
-        peak_memory_bytes: peak,
-        peak_memory_source: peak_src.to_string(),
-        oom_killed: oom,
-        killed: killed.is_some(),
-        stdout: String::from_utf8_lossy(&out.buf).into_owned(),
-        stderr: String::from_utf8_lossy(&err.buf).into_owned(),
-        stdout_truncated: out.over,
-        stderr_truncated: err.over,
+    let mut v = measured(
+        sb,
+        cg,
         limits,
-        isolation: sb.isolation(),
-    };
+        Usage {
+            wall_ms,
+            cpu_ms,
+            maxrss_kb: ru.ru_maxrss as u64,
+            killed: killed.is_some(),
+        },
+        &out,
+        &err,
+    );
+    v.limits.file_size_bytes.mechanism = Mechanism::Rlimit;
+    v.limits.tmpfs_bytes.mechanism = Mechanism::Tmpfs;
     decide(&mut v, &reports, killed, status, &eff, &req.argv[0]);
     v
 }
@@ -542,6 +512,69 @@ fn poll_in<'f>(fds: &mut Vec<PollFd<'f>>, fd: Option<BorrowedFd<'f>>) -> Option<
     let fd = fd?;
     fds.push(PollFd::new(fd, PollFlags::POLLIN));
     Some(fds.len() - 1)
+}
+
+/// What a finished task used, measured outside the task cgroups.
+pub(crate) struct Usage {
+    pub(crate) wall_ms: f64,
+    /// From the task cgroup, else rusage (what the caller computed).
+    pub(crate) cpu_ms: f64,
+    /// The rusage max RSS, used when no cgroup measured the peak.
+    pub(crate) maxrss_kb: u64,
+    pub(crate) killed: bool,
+}
+
+/// The verdict's measured part, for the cold and the warm path alike: peak
+/// memory (the task cgroup, else max RSS), what enforced each limit (the
+/// cgroups the task really joined, else the rlimit the child set in their
+/// place), the output. Removes the task cgroups; [`decide`] sets the rest.
+pub(crate) fn measured(
+    sb: &Sandbox,
+    mut cg: TaskCgroups,
+    mut limits: EnforcedLimits,
+    u: Usage,
+    out: &Capture,
+    err: &Capture,
+) -> Verdict {
+    let (peak, peak_src) = match cg.peak_memory() {
+        Some(p) => (
+            Some(p),
+            if cg.memory_mech() == Mechanism::CgroupV2 {
+                "cgroup_v2"
+            } else {
+                "cgroup_v1"
+            },
+        ),
+        None => (Some(u.maxrss_kb * 1024), "rusage"),
+    };
+    let oom = cg.oom_hit();
+    let or_rlimit = |m: Mechanism| match m {
+        Mechanism::None => Mechanism::Rlimit,
+        m => m,
+    };
+    limits.memory_bytes.mechanism = or_rlimit(cg.memory_mech());
+    limits.pids.mechanism = or_rlimit(cg.pids_mech());
+    limits.cpu_ms.mechanism = or_rlimit(cg.cpu_mech());
+    cg.remove(&sb.cgroups);
+    Verdict {
+        status: Status::InternalError,
+        exit_code: None,
+        signal: None,
+        signal_name: None,
+        message: String::new(),
+        wall_ms: u.wall_ms,
+        cpu_ms: u.cpu_ms,
+        peak_memory_bytes: peak,
+        peak_memory_source: peak_src.to_string(),
+        oom_killed: oom,
+        killed: u.killed,
+        stdout: String::from_utf8_lossy(&out.buf).into_owned(),
+        stderr: String::from_utf8_lossy(&err.buf).into_owned(),
+        stdout_truncated: out.over,
+        stderr_truncated: err.over,
+        limits,
+        isolation: sb.isolation(),
+    }
 }
 
 /// Status and message of the verdict from what the child reported, what

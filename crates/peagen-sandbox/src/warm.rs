@@ -33,9 +33,7 @@ use super::cgroup::{self, TaskCgroups};
 use super::proto::Report;
 use super::supervise::{self, Capture, LongRun};
 use super::sys;
-use super::{
-    Effective, EnforcedLimits, LimitRequest, Mechanism, Request, Sandbox, Status, Verdict,
-};
+use super::{Effective, EnforcedLimits, LimitRequest, Mechanism, Request, Sandbox, Verdict};
 use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use serde_json::{json, Map, Value};
@@ -440,46 +438,19 @@ impl Zygote {
             .cpu_ns()
             .map(|ns| ns as f64 / 1e6)
             .unwrap_or((f[1] + f[2]) as f64 / 1000.0);
-        let (peak, peak_src) = match cg.peak_memory() {
-            Some(p) => (
-                Some(p),
-                if cg.memory_mech() == Mechanism::CgroupV2 {
-                    "cgroup_v2"
-                } else {
-                    "cgroup_v1"
-                },
-            ),
-            None => (Some(f[3] as u64 * 1024), "rusage"),
-        };
-        let oom = cg.oom_hit();
-        let or_rlimit = |m: Mechanism| match m {
-            Mechanism::None => Mechanism::Rlimit,
-            m => m,
-        };
-        let mut limits = limits;
-        limits.memory_bytes.mechanism = or_rlimit(cg.memory_mech());
-        limits.pids.mechanism = or_rlimit(cg.pids_mech());
-        limits.cpu_ms.mechanism = or_rlimit(cg.cpu_mech());
-        cg.remove(&sb.cgroups);
-        let mut v = Verdict {
-            status: Status::InternalError,
-            exit_code: None,
-            signal: None,
-            signal_name: None,
-            message: String::new(),
-            wall_ms,
-            cpu_ms,
-            peak_memory_bytes: peak,
-            peak_memory_source: peak_src.to_string(),
-            oom_killed: oom,
-            killed: killed.is_some(),
-            stdout: String::from_utf8_lossy(&out.buf).into_owned(),
-            stderr: String::from_utf8_lossy(&err.buf).into_owned(),
-            stdout_truncated: out.over,
-            stderr_truncated: err.over,
+        let mut v = supervise::measured(
+            sb,
+            cg,
             limits,
-            isolation: sb.isolation(),
-        };
+            supervise::Usage {
+                wall_ms,
+                cpu_ms,
+                maxrss_kb: f[3] as u64,
+                killed: killed.is_some(),
+            },
+            &out,
+            &err,
+        );
         let python = sb.cfg.python.display().to_string();
         supervise::decide(
             &mut v,
