@@ -78,3 +78,54 @@ fn a_task_pushed_at_ready_is_done() {
     });
     w.kill9();
 }
+
+/// Pids of every process below `pid` (from /proc's parent links).
+fn descendants(pid: i32) -> Vec<i32> {
+    let parent_of = |p: i32| -> Option<i32> {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+        // "pid (comm) state ppid ...": comm may hold spaces, so after ')'.
+        stat.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    let all: Vec<i32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i];
+        out.extend(all.iter().filter(|c| parent_of(**c) == Some(p)));
+        i += 1;
+    }
+    out.remove(0);
+    out
+}
+
+/// A worker prepares its warm interpreter after READY=1, before any task
+/// asks for one: the first candidate does not pay for the start.
+#[test]
+fn worker_prestarts_a_zygote_after_ready() {
+    let r = support::Redis::start();
+    let dir = tempfile::tempdir_in(support::scratch()).unwrap();
+    let cfg = support::write_config(dir.path(), "[worker]\nidle-exit-secs = 0\n");
+    let w = support::WorkerProc::start(&r, &cfg, "w-prestart", &[]);
+    let python = peagen_fabric::config::SandboxConfig::default().python;
+    let python = python.file_name().unwrap().to_string_lossy().into_owned();
+    support::eventually(
+        std::time::Duration::from_secs(60),
+        "a zygote below the worker",
+        || {
+            descendants(w.pid()).into_iter().any(|p| {
+                std::fs::read(format!("/proc/{p}/cmdline"))
+                    .map(|c| String::from_utf8_lossy(&c).contains(&python))
+                    .unwrap_or(false)
+            })
+        },
+    );
+    assert_eq!(r.int(&["XLEN", "peagen.tasks"]), 0, "no task was pushed");
+}
