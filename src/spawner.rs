@@ -881,8 +881,12 @@ pub(crate) async fn run(
         if let Err(e) = sp.reconcile().await {
             tracing::warn!(error = %format!("{e:#}"), "reconcile failed");
             sp.status(format!("degraded: {e:#}"));
-        } else if let Some(wd) = watchdog {
-            // Pinged only after a successful pass: a wedged core stops the pings.
+        }
+        // Pinged after every pass that returned, failed ones included: a
+        // wedged loop stops the pings, but a Redis outage or a bad key is not
+        // cured by a restart (systemd would give up after StartLimitBurst and
+        // leave the host without a spawner once Redis is back).
+        if let Some(wd) = watchdog {
             if last_ping.elapsed() >= wd {
                 notify(&[NotifyState::Watchdog]);
                 last_ping = Instant::now();

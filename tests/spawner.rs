@@ -323,3 +323,46 @@ fn spawnerd_promotes_a_due_retry_when_no_worker_runs() {
         (b.metric("peagen_queue_delayed") == Some(0.0)).then_some(())
     });
 }
+
+/// A reconcile that keeps failing (here: the tasks key is not a stream, as
+/// after an operator's mistake; a Redis outage fails the same way) leaves
+/// the spawner degraded but alive: its watchdog keeps being pinged, so
+/// systemd does not kill and restart it in a loop (and give up after
+/// StartLimitBurst); it recovers when the key is fixed.
+#[test]
+#[ignore = "needs root"]
+fn failing_reconciles_do_not_starve_the_watchdog() {
+    let b = TestBox::start("watchdog");
+    b.write_config("warm-pool = 0", "");
+    b.start_spawnerd_watchdog(2);
+    let port = b.redis_port.to_string();
+    let cli = |args: &[&str]| {
+        let o = std::process::Command::new("redis-cli")
+            .args(["-p", &port])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "redis-cli {args:?}: {o:?}");
+    };
+    cli(&["DEL", "peagen.tasks"]);
+    cli(&["SET", "peagen.tasks", "not a stream"]);
+    eventually(LONG, "the spawner reports itself degraded", || {
+        b.status().starts_with("degraded")
+    });
+    // Six more failing ticks (1 s each): three watchdog periods. A spawner
+    // the watchdog killed logs no more of them (no Restart= here).
+    let failed = || {
+        b.journal("-u peagen-spawnerd -g 'reconcile failed'")
+            .lines()
+            .count()
+    };
+    let n = failed();
+    eventually(LONG, "six more failing reconciles", || failed() >= n + 6);
+    let show = b.sh("systemctl show -p ActiveState -p NRestarts -p Result peagen-spawnerd");
+    assert!(show.contains("ActiveState=active"), "{show}");
+    assert!(show.contains("Result=success"), "{show}");
+    cli(&["DEL", "peagen.tasks"]);
+    eventually(LONG, "healthy again", || {
+        !b.status().starts_with("degraded")
+    });
+}

@@ -155,9 +155,14 @@ args = ["-c", "sleep 15; cat"]
     /// Start peagen-spawnerd as a Type=notify service in the box; returns once
     /// it sent READY=1 (systemd-run waits for the start job).
     pub fn start_spawnerd(&self) {
+        self.start_spawnerd_watchdog(30);
+    }
+
+    /// [`TestBox::start_spawnerd`] with `WatchdogSec=secs`.
+    pub fn start_spawnerd_watchdog(&self, secs: u32) {
         self.sh(&format!(
             "systemd-run --unit=peagen-spawnerd -p Type=notify -p NotifyAccess=main \
-             -p WatchdogSec=30 /usr/local/bin/peagen-spawnerd --config {CONFIG_IN_BOX}"
+             -p WatchdogSec={secs} /usr/local/bin/peagen-spawnerd --config {CONFIG_IN_BOX}"
         ));
     }
 
