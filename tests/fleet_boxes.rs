@@ -21,39 +21,16 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use support::eventually;
-use support::systemd_box::{TestBox, BOX_SH, CONFIG_IN_BOX};
+use support::systemd_box::{TestBox, BOX_SH};
 
 const LONG: Duration = Duration::from_secs(120);
 
 fn configure(b: &TestBox, redis: &str, host: &str, spawner: &str) {
-    let text = format!(
-        r#"[redis]
-url = "{redis}"
-[metrics]
-spawner-listen = "127.0.0.1:{mport}"
-[log]
-level = "info"
-[spawner]
-host-id = "{host}"
-fleet-host-timeout-ms = 5000
-reclaim-interval-secs = 5
-{spawner}
-[spawner.worker-unit]
-exec-start = ["/usr/local/bin/peagen-worker", "--config", "{CONFIG_IN_BOX}"]
-timeout-stop-secs = 30
-[[handlers.command]]
-kind = "sleep"
-program = "/bin/sh"
-args = ["-c", "sleep 2; cat"]
-[[handlers.command]]
-kind = "slow"
-program = "/bin/sh"
-args = ["-c", "sleep 15; cat"]
-"#,
-        mport = b.metrics_port,
+    b.write_config_for(
+        redis,
+        &format!("host-id = \"{host}\"\nfleet-host-timeout-ms = 5000\n{spawner}"),
+        "",
     );
-    std::fs::write(&b.config_path, &text).unwrap();
-    b.write(CONFIG_IN_BOX, &text);
 }
 
 fn live(boxes: &[&TestBox]) -> Vec<usize> {

@@ -122,6 +122,11 @@ impl TestBox {
 
     /// Write the peagen config (host copy + box copy). `extra` is appended TOML.
     pub fn write_config(&self, spawner: &str, extra: &str) {
+        self.write_config_for(&self.redis_url(), spawner, extra);
+    }
+
+    /// [`TestBox::write_config`] with another Redis (boxes sharing one).
+    pub fn write_config_for(&self, url: &str, spawner: &str, extra: &str) {
         let text = format!(
             r#"[redis]
 url = "{url}"
@@ -145,7 +150,6 @@ program = "/bin/sh"
 args = ["-c", "sleep 15; cat"]
 {extra}
 "#,
-            url = self.redis_url(),
             mport = self.metrics_port,
         );
         std::fs::write(&self.config_path, &text).unwrap();
