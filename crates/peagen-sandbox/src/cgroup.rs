@@ -210,6 +210,8 @@ pub struct TaskCgroups {
     limits: (u64, u64),
     /// `oom_kill` count when this task got the cgroup (reused cgroups).
     oom_base: u64,
+    /// v2 CPU usage (ns) when this task got the cgroup (cannot be reset).
+    cpu_base: u64,
     /// Open `tasks` files of the v1 cgroups (kept while pooled).
     join: Vec<(PathBuf, OwnedFd)>,
     files: Files,
@@ -333,14 +335,27 @@ impl TaskCgroups {
     /// Make an idle pooled set ready for a task: limits, counters reset.
     /// False when it cannot be reused (the caller destroys it).
     fn reuse(&mut self, memory: u64, pids: u64) -> bool {
-        let files = &mut self.files;
         if let Some((_, p)) = &self.memory {
-            if files
+            if self
+                .files
                 .u64(p, "memory.usage_in_bytes")
                 .is_none_or(|u| u > POOL_MAX_LEFTOVER)
             {
                 return false;
             }
+        }
+        self.retarget(memory, pids)
+    }
+
+    /// Start a new task in these cgroups: limits rewritten when they
+    /// differ, peak and CPU counters reset (or, where they cannot be, read
+    /// as a baseline), the OOM-kill count taken as a baseline. For a pooled
+    /// set and for one that already holds the warm mode's prepared child
+    /// (whose own few pages then count towards the task's). False when a
+    /// limit or counter cannot be written (the caller replaces the set).
+    pub fn retarget(&mut self, memory: u64, pids: u64) -> bool {
+        let files = &mut self.files;
+        if let Some((Ver::V1, p)) = &self.memory {
             if self.limits.0 != memory {
                 let m = memory.to_string();
                 // Order matters: memsw must stay >= the memory limit.
@@ -374,6 +389,15 @@ impl TaskCgroups {
             // A new task, a new count.
             let _ = (&*efd).read(&mut [0u8; 8]);
         }
+        if let Some((Ver::V2, p)) = &self.memory {
+            if self.limits.0 != memory {
+                if !files.write(p, "memory.max", &memory.to_string()) {
+                    return false;
+                }
+                self.limits.0 = memory;
+            }
+            self.oom_base = files.keyed(p, "memory.events", "oom_kill").unwrap_or(0);
+        }
         if let Some((_, p)) = &self.pids {
             if self.limits.1 != pids {
                 if !files.write(p, "pids.max", &pids.to_string()) {
@@ -382,12 +406,15 @@ impl TaskCgroups {
                 self.limits.1 = pids;
             }
         }
-        if let Some((_, p)) = &self.cpu {
-            if !files.write(p, "cpuacct.usage", "0") {
-                return false;
+        match &self.cpu {
+            Some((Ver::V1, p)) => files.write(p, "cpuacct.usage", "0"),
+            Some((Ver::V2, _)) => {
+                self.cpu_base = 0;
+                self.cpu_base = self.cpu_ns().unwrap_or(0);
+                true
             }
+            None => true,
         }
-        true
     }
 
     fn fresh(b: &Backends, memory: u64, pids: u64) -> TaskCgroups {
@@ -402,6 +429,7 @@ impl TaskCgroups {
             cpu: None,
             limits: (memory, pids),
             oom_base: 0,
+            cpu_base: 0,
             join: Vec::new(),
             files: Files::default(),
             oom_event: None,
@@ -682,7 +710,7 @@ impl TaskCgroups {
             Ver::V2 => self
                 .files
                 .keyed(p, "cpu.stat", "usage_usec")
-                .map(|u| u * 1000),
+                .map(|u| (u * 1000).saturating_sub(self.cpu_base)),
         }
     }
 

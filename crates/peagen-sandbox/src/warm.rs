@@ -3,29 +3,39 @@
 //!
 //! The zygote is started like any task (`supervise::launch_long`: same
 //! namespaces, root, landlock, seccomp, no capabilities, its own cgroups)
-//! with one end of a unix `SOCK_SEQPACKET` pair as its stdin. It never runs
-//! task code. Per task:
-//! 1. supervisor -> zygote: one message carrying four descriptors: a task
-//!    socket, the task's stdout and stderr pipes, and a sealed memfd with the
-//!    request (`{src, entry, args, kwargs, env}` as JSON);
-//! 2. the zygote forks; the child sends one byte on the task socket, and the
-//!    kernel attaches its pid (translated into our pid namespace,
-//!    `SO_PASSCRED`), then blocks reading the socket;
-//! 3. the supervisor opens a pidfd for that pid, checks that its parent is
-//!    the zygote, moves it into the task's fresh cgroups and answers with
-//!    the task's rlimits (plus the rlimit fallbacks for the limits no cgroup
-//!    took); only then does the child apply them, start a new session and a
-//!    nested landlock domain, and run the task in the (empty) `/work`;
+//! with one end of a unix `SOCK_SEQPACKET` pair as its stdin (the control
+//! socket). It never runs task code. Its children are forked one task
+//! ahead, so a task does not wait for a fork or a cgroup move:
+//! 1. supervisor -> zygote: `p SEQ` with a fresh task socket; the zygote
+//!    forks a child and answers `f SEQ`. The child starts a new session and
+//!    a nested landlock domain (cannot signal/ptrace the zygote or other
+//!    task children), sends one byte on the task socket (the kernel
+//!    attaches its pid, translated into our pid namespace: `SO_PASSCRED`)
+//!    and blocks reading it;
+//! 2. the supervisor opens a pidfd for that pid, checks that its parent is
+//!    the zygote and moves it into a set of task cgroups: it is prepared;
+//! 3. a task comes: the supervisor writes the task's limits into those
+//!    cgroups (when they differ from the defaults the child was prepared
+//!    with), resets their counters and sends the child the task's rlimits
+//!    (plus the rlimit fallbacks for limits no cgroup took) with three
+//!    descriptors: stdout, stderr and a sealed memfd with the request
+//!    (`{src, entry, args, kwargs, env}` as JSON). Only then does the child
+//!    apply them and run the task in the (empty) `/work`. Right after, the
+//!    supervisor asks for the next task's child (step 1), which the zygote
+//!    forks while this task runs;
 //! 4. the supervisor enforces wall clock, CPU, memory and output exactly as
 //!    for a cold task, on the child's pidfd and the task cgroups; when the
 //!    child has ended it kills whatever is left in the task cgroups;
-//! 5. the zygote reaps the child, empties `/work` and reports the wait
-//!    status, rusage, what is left in `/work` and the SysV IPC objects in
-//!    its ipc namespace on the control socket;
-//! 6. the supervisor checks the zygote ([`Zygote::healthy`]) and keeps it
-//!    for the next task only when nothing changed that should not have and
-//!    fewer than `warm-tasks-per-zygote` tasks have used it; any doubt kills
-//!    it, and with it its whole pid namespace (whatever a task left behind).
+//! 5. the zygote reaps the child and reports its wait status and rusage
+//!    (`s SEQ ...`: the verdict is made from it), then empties `/work` and
+//!    reports what is left there and the SysV IPC objects in its ipc
+//!    namespace (`c SEQ ...`);
+//! 6. after the verdict the supervisor checks the zygote
+//!    ([`Zygote::unhealthy`]) and confirms the next child (step 2); it keeps
+//!    the zygote for the next task only when nothing changed that should
+//!    not have and fewer than `warm-tasks-per-zygote` tasks have used it;
+//!    any doubt kills it, and with it its whole pid namespace (whatever a
+//!    task left behind, the prepared child included).
 //!
 //! What sequential tasks share in this mode is in `docs/security.md`.
 
@@ -103,13 +113,48 @@ struct Zygote {
     served: u64,
     base_rss_kb: u64,
     base_fds: usize,
+    /// Sequence number of the last child asked for.
+    seq: u64,
+    /// The next task's child, forked and in its cgroups.
+    next: Option<Prepared>,
+    /// A child asked for, not yet confirmed.
+    pending: Option<Pending>,
+    /// Control messages read while waiting for another one: (kind, fields).
+    stash: Vec<(u8, Vec<i64>)>,
+}
+
+/// A task child forked before its task: in its own cgroups, waiting.
+struct Prepared {
+    seq: u64,
+    /// Host pid.
+    pid: i32,
+    pidfd: OwnedFd,
+    sock: OwnedFd,
+    cg: TaskCgroups,
+    /// Limit bits its cgroups enforce.
+    have: u8,
+}
+
+/// A child asked of the zygote (`p SEQ` sent), not yet confirmed.
+struct Pending {
+    seq: u64,
+    sock: OwnedFd,
+    cg: TaskCgroups,
 }
 
 impl Drop for Zygote {
     fn drop(&mut self) {
         // The reaper is PID 1 of the zygote's pid namespace: killing it
-        // kills the zygote and anything a task left behind.
+        // kills the zygote, its prepared child and anything a task left.
         self.run.child.kill_and_reap();
+        let cgs = [
+            self.next.take().map(|p| p.cg),
+            self.pending.take().map(|p| p.cg),
+        ];
+        for mut cg in cgs.into_iter().flatten() {
+            cg.kill_all();
+            cg.remove(&self.cgroups);
+        }
         std::mem::take(&mut self.run.cg).remove(&self.cgroups);
     }
 }
@@ -217,6 +262,16 @@ fn ppid(pid: i32) -> Option<i32> {
     rest.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// The state letter of `/proc/PID/stat` (R, S, T, Z, ...).
+fn state(pid: i32) -> Option<char> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s[s.rfind(')')? + 1..]
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
+}
+
 impl Zygote {
     /// Start a zygote (on the launcher thread) and wait until it is ready.
     fn start(sb: &Sandbox) -> Result<Zygote, String> {
@@ -234,6 +289,10 @@ impl Zygote {
             served: 0,
             base_rss_kb: 0,
             base_fds: 0,
+            seq: 0,
+            next: None,
+            pending: None,
+            stash: Vec::new(),
         };
         let mut buf = [0u8; 64];
         let got = wait_readable(z.ctl.as_fd(), ZYGOTE_TIMEOUT)
@@ -256,7 +315,117 @@ impl Zygote {
         }
         z.base_rss_kb = threads_rss(z.pid).1.unwrap_or(0);
         z.base_fds = fd_count(z.pid).unwrap_or(0);
+        // The first task's child, with the default limits.
+        let eff = Effective::new(&sb.cfg, &LimitRequest::default());
+        let first = z.prepare(sb, eff.memory_bytes, eff.pids)?;
+        z.next = Some(first);
         Ok(z)
+    }
+
+    /// Ask the zygote for a child, in fresh (or pooled) task cgroups.
+    fn ask(&mut self, sb: &Sandbox, memory: u64, pids: u64) -> Result<Pending, String> {
+        let (ours, theirs) = sys::seqpacket_pair().map_err(|e| format!("socketpair: {e}"))?;
+        sys::pass_cred(ours.as_fd()).map_err(|e| format!("SO_PASSCRED: {e}"))?;
+        let cg = TaskCgroups::create(&sb.cgroups, memory, pids);
+        self.seq += 1;
+        let msg = format!("p {}", self.seq);
+        if let Err(e) = sys::send_fds(self.ctl.as_fd(), msg.as_bytes(), &[theirs.as_fd()]) {
+            cg.remove(&sb.cgroups);
+            return Err(format!("cannot reach the zygote: {e}"));
+        }
+        Ok(Pending {
+            seq: self.seq,
+            sock: ours,
+            cg,
+        })
+    }
+
+    /// The child asked for has forked: check it is the zygote's and move
+    /// it into its cgroups.
+    fn confirm(&mut self, sb: &Sandbox, p: Pending) -> Result<Prepared, String> {
+        let Pending { seq, sock, mut cg } = p;
+        let mut fail = |why: String| {
+            cg.kill_all();
+            std::mem::take(&mut cg).remove(&sb.cgroups);
+            Err(why)
+        };
+        let mut b = [0u8; 8];
+        let hello = wait_readable(sock.as_fd(), ZYGOTE_TIMEOUT)
+            .then(|| sys::recv_with_pid(sock.as_fd(), &mut b).ok())
+            .flatten();
+        let pid = match hello {
+            Some((1, Some(pid))) if b[0] == b'r' && pid > 0 => pid,
+            _ => return fail("the zygote did not fork a task child".into()),
+        };
+        // Its pidfd is in the zygote's table once `f` came (the health
+        // check counts it).
+        if self.expect(b'f', seq).is_none() {
+            return fail("the zygote did not confirm its fork".into());
+        }
+        let pidfd = match sys::pidfd_open(pid) {
+            Ok(fd) if ppid(pid) == Some(self.pid) => fd,
+            _ => return fail(format!("task child {pid} is not the zygote's")),
+        };
+        // Into the task's own cgroups before it runs any task code.
+        let have = cg.attach_pid(pid);
+        Ok(Prepared {
+            seq,
+            pid,
+            pidfd,
+            sock,
+            cg,
+            have,
+        })
+    }
+
+    fn prepare(&mut self, sb: &Sandbox, memory: u64, pids: u64) -> Result<Prepared, String> {
+        let p = self.ask(sb, memory, pids)?;
+        self.confirm(sb, p)
+    }
+
+    /// Kill a prepared child that will not run a task, and wait until the
+    /// zygote has emptied `/work` after it (so it cannot empty it under
+    /// the next task). False when the zygote did not report.
+    fn discard(&mut self, sb: &Sandbox, p: Prepared) -> bool {
+        sys::pidfd_kill(p.pidfd.as_fd());
+        let mut cg = p.cg;
+        cg.kill_all();
+        cg.remove(&sb.cgroups);
+        self.expect(b'c', p.seq).is_some()
+    }
+
+    /// The next control message of `kind` for child `seq` (its fields after
+    /// the kind: `seq` first); others are kept for later. `None` when the
+    /// zygote does not send it in time.
+    fn expect(&mut self, kind: u8, seq: u64) -> Option<Vec<i64>> {
+        let is = |k: u8, f: &[i64]| k == kind && f.first() == Some(&(seq as i64));
+        if let Some(i) = self.stash.iter().position(|(k, f)| is(*k, f)) {
+            return Some(self.stash.remove(i).1);
+        }
+        let deadline = Instant::now() + ZYGOTE_TIMEOUT;
+        let mut buf = [0u8; 128];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !wait_readable(self.ctl.as_fd(), left) {
+                return None;
+            }
+            let (n, _) = sys::recv_with_pid(self.ctl.as_fd(), &mut buf).ok()?;
+            if n == 0 {
+                return None;
+            }
+            let msg = std::str::from_utf8(&buf[..n]).ok()?;
+            let mut words = msg.split_whitespace();
+            let k = words.next()?.as_bytes().first().copied()?;
+            let f: Vec<i64> = words.filter_map(|x| x.parse().ok()).collect();
+            if is(k, &f) {
+                return Some(f);
+            }
+            // A message about a discarded child, or one that comes later.
+            if self.stash.len() >= 16 {
+                self.stash.remove(0);
+            }
+            self.stash.push((k, f));
+        }
     }
 
     /// Everything that must hold after a task for the zygote to serve the
@@ -276,8 +445,18 @@ impl Zygote {
         if threads != Some(1) {
             return Some("the zygote is not single-threaded");
         }
-        if children(self.pid).is_none_or(|c| !c.is_empty()) {
+        let prepared: Vec<i32> = self.next.iter().map(|p| p.pid).collect();
+        if children(self.pid) != Some(prepared) {
             return Some("the zygote has children left");
+        }
+        if let Some(p) = &self.next {
+            // Blocked waiting for its task, or on its way there; not
+            // stopped, traced or dead.
+            if wait_readable(p.pidfd.as_fd(), Duration::ZERO)
+                || !matches!(state(p.pid), Some('S' | 'R'))
+            {
+                return Some("the prepared task child is not waiting");
+            }
         }
         if children(reaper) != Some(vec![self.pid]) {
             return Some("processes left in the zygote's pid namespace");
@@ -285,13 +464,36 @@ impl Zygote {
         if rss.is_none_or(|r| r > self.base_rss_kb + RSS_SLACK_KB) {
             return Some("the zygote's resident memory grew");
         }
-        if fd_count(self.pid) != Some(self.base_fds) {
+        // The zygote holds one pidfd per live child.
+        if fd_count(self.pid) != Some(self.base_fds + usize::from(self.next.is_some())) {
             return Some("the zygote's descriptors changed");
         }
         if drain(self.run.out_r.as_fd()) | drain(self.run.err_r.as_fd()) {
             return Some("the zygote wrote output");
         }
         None
+    }
+
+    /// The prepared child for a task with these limits: the waiting one
+    /// when it is alive and its cgroups take the limits, else one made now.
+    fn child_for(&mut self, sb: &Sandbox, eff: &Effective) -> Result<Prepared, String> {
+        if let Some(mut p) = self.next.take() {
+            if !wait_readable(p.pidfd.as_fd(), Duration::ZERO)
+                && p.cg.retarget(eff.memory_bytes, eff.pids)
+            {
+                return Ok(p);
+            }
+            if !self.discard(sb, p) {
+                return Err("the zygote did not report a discarded child".into());
+            }
+        }
+        if let Some(p) = self.pending.take() {
+            let p = self.confirm(sb, p)?;
+            if !self.discard(sb, p) {
+                return Err("the zygote did not report a discarded child".into());
+            }
+        }
+        self.prepare(sb, eff.memory_bytes, eff.pids)
     }
 
     /// Run one task; the verdict and whether the zygote may serve another.
@@ -330,51 +532,16 @@ impl Zygote {
             let memfd = supervise::stdin_fd(payload.as_bytes())?;
             let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
             let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
-            let (t_ours, t_theirs) = sys::seqpacket_pair()?;
-            sys::pass_cred(t_ours.as_fd())?;
-            Ok((memfd, out_r, out_w, err_r, err_w, t_ours, t_theirs))
+            Ok((memfd, out_r, out_w, err_r, err_w))
         })();
-        let (memfd, out_r, out_w, err_r, err_w, task_sock, t_theirs) = match pipes {
+        let (memfd, out_r, out_w, err_r, err_w) = match pipes {
             Ok(p) => p,
             Err(e) => return internal(format!("cannot create pipes: {e}"), limits),
         };
-        let mut cg = TaskCgroups::create(&sb.cgroups, eff.memory_bytes, eff.pids);
-        let sent = sys::send_fds(
-            self.ctl.as_fd(),
-            b"t",
-            &[
-                t_theirs.as_fd(),
-                out_w.as_fd(),
-                err_w.as_fd(),
-                memfd.as_fd(),
-            ],
-        );
-        drop((t_theirs, out_w, err_w, memfd));
-        if let Err(e) = sent {
-            cg.remove(&sb.cgroups);
-            return internal(format!("cannot reach the zygote: {e}"), limits);
-        }
-        // The child's first byte carries its pid.
-        let mut b = [0u8; 8];
-        let hello = wait_readable(task_sock.as_fd(), ZYGOTE_TIMEOUT)
-            .then(|| sys::recv_with_pid(task_sock.as_fd(), &mut b).ok())
-            .flatten();
-        let pid = match hello {
-            Some((1, Some(pid))) if b[0] == b'r' && pid > 0 => pid,
-            _ => {
-                cg.remove(&sb.cgroups);
-                return internal("the zygote did not fork a task child".into(), limits);
-            }
+        let child = match self.child_for(sb, &eff) {
+            Ok(c) => c,
+            Err(e) => return internal(e, limits),
         };
-        let task = match sys::pidfd_open(pid) {
-            Ok(fd) if ppid(pid) == Some(self.pid) => fd,
-            _ => {
-                cg.remove(&sb.cgroups);
-                return internal(format!("task child {pid} is not the zygote's"), limits);
-            }
-        };
-        // Into the task's own cgroups before it runs any task code.
-        let have = cg.attach_pid(pid);
         let cpu_s = eff.cpu_ms.div_ceil(1000).max(1);
         let mut rl = vec![
             (libc::RLIMIT_CPU, cpu_s, cpu_s + 1),
@@ -383,18 +550,35 @@ impl Zygote {
             (libc::RLIMIT_NOFILE, 1024, 1024),
             (libc::RLIMIT_MSGQUEUE, 0, 0),
         ];
-        if have & cgroup::MEMORY == 0 {
+        if child.have & cgroup::MEMORY == 0 {
             rl.push((libc::RLIMIT_AS, eff.memory_bytes, eff.memory_bytes));
         }
-        if have & cgroup::PIDS == 0 {
+        if child.have & cgroup::PIDS == 0 {
             rl.push((libc::RLIMIT_NPROC, eff.pids, eff.pids));
         }
         let go = json!(rl).to_string();
-        if nix::unistd::write(&task_sock, go.as_bytes()).is_err() {
+        let sent = sys::send_fds(
+            child.sock.as_fd(),
+            go.as_bytes(),
+            &[out_w.as_fd(), err_w.as_fd(), memfd.as_fd()],
+        );
+        drop((out_w, err_w, memfd));
+        let Prepared {
+            seq,
+            pidfd: task,
+            mut cg,
+            ..
+        } = child;
+        if sent.is_err() {
             sys::pidfd_kill(task.as_fd());
             cg.kill_all();
             cg.remove(&sb.cgroups);
             return internal("cannot release the task child".into(), limits);
+        }
+        // The next task's child is forked while this one runs.
+        if self.served < sb.cfg.warm_tasks_per_zygote.max(1) {
+            let dflt = Effective::new(&sb.cfg, &LimitRequest::default());
+            self.pending = self.ask(sb, dflt.memory_bytes, dflt.pids).ok();
         }
         for fd in [&out_r, &err_r] {
             supervise::set_nonblocking(fd);
@@ -413,31 +597,20 @@ impl Zygote {
         );
         // Everything the task started goes with it.
         cg.kill_all();
-        let mut done = [0u8; 128];
-        let report = wait_readable(self.ctl.as_fd(), ZYGOTE_TIMEOUT)
-            .then(|| sys::recv_with_pid(self.ctl.as_fd(), &mut done).ok())
-            .flatten()
-            .and_then(|(n, _)| {
-                let s = std::str::from_utf8(&done[..n]).ok()?;
-                let f: Vec<i64> = s
-                    .split_whitespace()
-                    .filter_map(|x| x.parse().ok())
-                    .collect();
-                (f.len() == 6).then_some(f)
-            });
+        let ended = self.expect(b's', seq).filter(|f| f.len() == 5);
         let wall_ms = start.elapsed().as_secs_f64() * 1000.0;
         while out.open && out.read() {}
         while err.open && err.read() {}
-        let Some(f) = report else {
+        let Some(f) = ended else {
             cg.kill_all();
             cg.remove(&sb.cgroups);
             return internal("the zygote did not report the task's end".into(), limits);
         };
-        let status = f[0] as i32;
+        let status = f[1] as i32;
         let cpu_ms = cg
             .cpu_ns()
             .map(|ns| ns as f64 / 1e6)
-            .unwrap_or((f[1] + f[2]) as f64 / 1000.0);
+            .unwrap_or((f[2] + f[3]) as f64 / 1000.0);
         let mut v = supervise::measured(
             sb,
             cg,
@@ -445,7 +618,7 @@ impl Zygote {
             supervise::Usage {
                 wall_ms,
                 cpu_ms,
-                maxrss_kb: f[3] as u64,
+                maxrss_kb: f[4] as u64,
                 killed: killed.is_some(),
             },
             &out,
@@ -460,10 +633,21 @@ impl Zygote {
             &eff,
             &python,
         );
-        let health = match self.unhealthy(f[4] as u64, f[5] as u64) {
-            Some(why) => Err(why.to_string()),
-            None => Ok(()),
-        };
+        // After the verdict: the zygote's clean-up, the next child, the
+        // health check.
+        let health = (|| {
+            let c = self
+                .expect(b'c', seq)
+                .filter(|c| c.len() == 3)
+                .ok_or("the zygote did not report the task's end")?;
+            if let Some(p) = self.pending.take() {
+                self.next = Some(self.confirm(sb, p)?);
+            }
+            match self.unhealthy(c[1] as u64, c[2] as u64) {
+                Some(why) => Err(why.to_string()),
+                None => Ok(()),
+            }
+        })();
         (v, health)
     }
 }

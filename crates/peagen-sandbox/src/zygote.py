@@ -1,9 +1,10 @@
 # The warm-mode zygote for Python (see warm.rs for the protocol). It runs
 # inside the sandbox like any task (namespaces, landlock, seccomp, no
 # capabilities), imports the runtime once, and never runs task code itself:
-# per task it forks a child that waits until the supervisor has put it into
-# the task's own cgroups, then applies the task's rlimits and runs the task.
-import atexit, ctypes, gc, json, os, resource, shutil, socket, sys, time, traceback, types
+# on request it forks a child that prepares itself (own landlock domain, new
+# session), is put into a task's own cgroups by the supervisor and waits;
+# when the task comes, the child applies its rlimits and runs it.
+import atexit, ctypes, gc, json, os, resource, select, shutil, socket, sys, time, traceback, types
 
 # Loaded once here: every task child inherits them (no per-task import).
 LIBC = ctypes.CDLL(None, use_errno=True)
@@ -74,31 +75,36 @@ def read_all(fd):
         chunks.append(b)
 
 
-def task(ctl, fds, null):
-    tsock, out_w, err_w, pay = fds
+def prepared(ctl, tsock, null):
+    # A task child, forked before its task is known (while the previous
+    # task runs). Nothing here depends on the task.
     code = 1
     try:
         ctl.close()
-        os.dup2(null, 0)
+        os.dup2(null, 0)  # fd 0 taken again before descriptors come in
+        os.setsid()
+        nested_domain()
+        os.chdir("/work")
+        t = socket.socket(fileno=tsock)
+        t.send(b"r")  # the supervisor learns our pid from the credentials
+        # Blocks until the supervisor has moved us into the task cgroups and
+        # the task has come: its rlimits, stdout, stderr and request.
+        go, fds, _, _ = socket.recv_fds(t, 65536, 3)
+        if not go or len(fds) != 3:
+            os._exit(120)
+        out_w, err_w, pay = fds
+        for res, soft, hard in json.loads(go):
+            resource.setrlimit(res, (soft, hard))
         os.dup2(out_w, 1)
         os.dup2(err_w, 2)
         req = json.loads(read_all(pay))
-        t = socket.socket(fileno=tsock)
-        t.send(b"r")  # the supervisor learns our pid from the credentials
-        go = t.recv(65536)
-        if not go:
-            os._exit(120)
-        for res, soft, hard in json.loads(go):
-            resource.setrlimit(res, (soft, hard))
         t.close()
-        for fd in (out_w, err_w, pay, null):
-            os.close(fd)
         os.closerange(3, 65536)
-        os.setsid()
-        nested_domain()
+    except BaseException:
+        os._exit(120)
+    try:
         os.environ.clear()
         os.environ.update(req["env"])
-        os.chdir("/work")
         with open("/work/child.py", "w") as f:
             f.write(req["src"])
         sys.path.insert(0, "/work")
@@ -183,24 +189,41 @@ def main():
     # its GC does not copy the zygote's pages (copy-on-write).
     gc.freeze()
     ctl.send(b"ready")
+    # Requests on ctl ("p SEQ" + a task socket: fork a prepared child) and
+    # the children's pidfds (one ended: report it, empty /work). Every
+    # message back is tagged with the request's SEQ.
+    poller = select.poll()
+    poller.register(ctl, select.POLLIN)
+    live = {}
     while True:
-        try:
-            msg, fds, _, _ = socket.recv_fds(ctl, 64, 4)
-        except OSError:
-            os._exit(0)
-        if not msg or len(fds) != 4:
-            os._exit(0)
-        pid = os.fork()
-        if pid == 0:
-            task(ctl, fds, null)
-        for fd in fds:
-            os.close(fd)
-        _, st, ru = os.wait4(pid, 0)
-        clean_work()
-        left = len(os.listdir("/work"))
-        ctl.send(b"%d %d %d %d %d %d" % (
-            st, int(ru.ru_utime * 1e6), int(ru.ru_stime * 1e6), ru.ru_maxrss, left,
-            ipc_objects()))
+        for fd, _ in poller.poll():
+            if fd in live:
+                pid, seq = live.pop(fd)
+                poller.unregister(fd)
+                os.close(fd)
+                _, st, ru = os.wait4(pid, 0)
+                ctl.send(b"s %d %d %d %d %d" % (
+                    seq, st, int(ru.ru_utime * 1e6), int(ru.ru_stime * 1e6), ru.ru_maxrss))
+                clean_work()
+                ctl.send(b"c %d %d %d" % (seq, len(os.listdir("/work")), ipc_objects()))
+                continue
+            try:
+                msg, fds, _, _ = socket.recv_fds(ctl, 64, 1)
+            except OSError:
+                os._exit(0)
+            if not msg.startswith(b"p ") or len(fds) != 1:
+                os._exit(0)
+            seq = int(msg[2:])
+            pid = os.fork()
+            if pid == 0:
+                for other in live:
+                    os.close(other)
+                prepared(ctl, fds[0], null)
+            os.close(fds[0])
+            pfd = os.pidfd_open(pid)
+            live[pfd] = (pid, seq)
+            poller.register(pfd, select.POLLIN)
+            ctl.send(b"f %d" % seq)
 
 
 main()
