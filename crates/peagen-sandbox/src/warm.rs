@@ -685,7 +685,14 @@ impl Sandbox {
             })?,
         };
         let (v, health) = z.run_task(self, req);
-        let spent = z.served >= self.cfg.warm_tasks_per_zygote.max(1);
+        let budget = self.cfg.warm_tasks_per_zygote.max(1);
+        let spent = z.served >= budget;
+        if health.is_ok() && budget >= 2 && z.served + 1 == budget {
+            // One task left: start the successor now, so the task after
+            // the last one does not wait for an interpreter's start. It
+            // goes under the idle ones, which are used first.
+            self.start_in_background(0);
+        }
         match health {
             Ok(()) if !spent => {
                 let mut idle = self.warm.idle.lock().unwrap_or_else(|e| e.into_inner());
@@ -694,22 +701,32 @@ impl Sandbox {
                 }
             }
             other => {
+                let anomaly = other.is_err();
                 let why = other.err().unwrap_or_else(|| "served its tasks".into());
                 self.warm.retired(&why);
                 drop(z);
-                // Prepare the replacement off the task path.
-                let me = Arc::clone(self);
-                on_launcher(Box::new(move || {
-                    if let Ok(z) = Zygote::start(&me) {
-                        let mut idle = me.warm.idle.lock().unwrap_or_else(|e| e.into_inner());
-                        if idle.len() < IDLE_MAX {
-                            idle.push(z);
-                        }
-                    }
-                }));
+                if anomaly || budget < 2 {
+                    // The replacement, off the task path.
+                    self.start_in_background(usize::MAX);
+                }
             }
         }
         Ok(v)
+    }
+
+    /// Start a zygote on the launcher thread and put it into the idle pool
+    /// at `at` (clamped to the pool's end; 0 = used last).
+    fn start_in_background(self: &Arc<Self>, at: usize) {
+        let me = Arc::clone(self);
+        on_launcher(Box::new(move || {
+            if let Ok(z) = Zygote::start(&me) {
+                let mut idle = me.warm.idle.lock().unwrap_or_else(|e| e.into_inner());
+                if idle.len() < IDLE_MAX {
+                    let at = at.min(idle.len());
+                    idle.insert(at, z);
+                }
+            }
+        }));
     }
 
     /// [`Sandbox::run_warm`] on tokio's blocking pool.
@@ -723,6 +740,15 @@ impl Sandbox {
                 self.isolation(),
             )),
         }
+    }
+
+    /// Zygotes waiting idle (for tests and operators).
+    pub fn warm_idle(&self) -> usize {
+        self.warm
+            .idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 
     /// Why zygotes were replaced, most recent last (for tests and operators).
