@@ -55,6 +55,11 @@ use std::time::{Duration, Instant};
 
 /// The Python zygote (the bootstrap of the built-in interpreter).
 const PYTHON_ZYGOTE: &str = include_str!("zygote.py");
+/// What the interpreter is started with: it reads the zygote's source as
+/// the first message on the control socket (so `ps` shows this line, not
+/// the whole source).
+const PYTHON_STUB: &str = "import socket; _s = socket.socket(fileno=0); _src = _s.recv(1 << 20); \
+_s.detach(); del _s; exec(compile(_src, 'peagen-zygote.py', 'exec'))  # peagen warm-mode zygote";
 
 /// A call of `entry_fn` in module `child` (source `src`), run warm.
 #[derive(Debug, Clone, Default)]
@@ -278,8 +283,10 @@ impl Zygote {
         let (ours, theirs) = sys::seqpacket_pair().map_err(|e| format!("socketpair: {e}"))?;
         sys::pass_cred(ours.as_fd()).map_err(|e| format!("SO_PASSCRED: {e}"))?;
         let python = sb.cfg.python.display().to_string();
-        let mut req = Request::new([python.as_str(), "-c", PYTHON_ZYGOTE]);
+        let mut req = Request::new([python.as_str(), "-c", PYTHON_STUB]);
         req.extra_ro_binds = interpreter_binds(&sb.cfg);
+        sys::send_fds(ours.as_fd(), PYTHON_ZYGOTE.as_bytes(), &[])
+            .map_err(|e| format!("cannot queue the zygote's source: {e}"))?;
         let run = supervise::launch_long(sb, &req, theirs)?;
         let mut z = Zygote {
             run,
