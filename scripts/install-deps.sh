@@ -57,12 +57,13 @@ fi
 # util-linux (unshare, nsenter, setpriv), procps, passwd: the systemd box and the
 # unprivileged sandbox run; gcc, libc6-dev, make, pkgconf: building (cargo
 # links with cc; one sandbox test compiles a setuid helper); python3: execute
-# tasks; python3-venv: the Python client's tests and the supply-chain tools'
+# tasks; pypy3: warm mode with a second interpreter (tests/sandbox_warm.rs);
+# python3-venv: the Python client's tests and the supply-chain tools'
 # venv; bubblewrap: the sandbox benchmark's reference; prometheus: promtool and the
 # real-Prometheus alert test (tests/prometheus.rs);
 # debhelper, dpkg-dev, rpm, lintian: the package checks.
 pkgs="redis-server redis-tools dbus systemd polkitd util-linux procps passwd iproute2
-      gcc libc6-dev make pkgconf ca-certificates python3 python3-venv bubblewrap jq bc curl
+      gcc libc6-dev make pkgconf ca-certificates python3 pypy3 python3-venv bubblewrap jq bc curl
       prometheus debhelper dpkg-dev rpm lintian"
 missing=
 for p in $pkgs; do

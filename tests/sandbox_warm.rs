@@ -270,6 +270,52 @@ fn zygote_is_replaced_after_its_task_budget() {
     assert!(r.iter().all(|w| w == "served its tasks"), "{r:?}");
 }
 
+/// Warm mode serves the configured interpreter, not just the default one:
+/// PyPy (Debian's `pypy3`, which `.ci/run` installs) has neither
+/// `os.pidfd_open` nor `gc.freeze`, and its own memory manager.
+#[test]
+fn warm_mode_with_another_interpreter_pypy() {
+    let pypy = Path::new("/usr/bin/pypy3");
+    assert!(
+        pypy.exists(),
+        "this test needs PyPy: apt-get install pypy3 (.ci/run does)"
+    );
+    let sb = sandbox(|c| c.python = pypy.to_path_buf());
+    let src = "import os, platform\ndef main(a, k=0):\n    return [platform.python_implementation(), sorted(a), k, os.getppid()]\n";
+    let mut zygotes = Vec::new();
+    for i in 0..3 {
+        let req = WarmRequest {
+            src: src.into(),
+            entry_fn: "main".into(),
+            args: vec![json!([3, 1, 2])],
+            kwargs: json!({"k": i}).as_object().cloned().unwrap(),
+            ..Default::default()
+        };
+        let v = sb.run_warm(&req).expect("warm mode with pypy3");
+        assert_eq!(v.status, Status::Ok, "{v:?}");
+        let r = result(&v);
+        assert_eq!(r[0], "PyPy", "{r}");
+        assert_eq!(r[1], json!([1, 2, 3]));
+        assert_eq!(r[2], i);
+        zygotes.push(r[3].clone());
+    }
+    assert!(zygotes.windows(2).all(|w| w[0] == w[1]), "{zygotes:?}");
+    assert!(sb.warm_retired().is_empty(), "{:?}", sb.warm_retired());
+    // A task that changes the interpreter's state does not reach the next.
+    let v = call(
+        &sb,
+        "import json\ndef main():\n    json.dumps = lambda *a, **k: 'patched'\n    return 1\n",
+        json!([]),
+    );
+    assert_eq!(v.status, Status::Ok, "{v:?}");
+    let v = call(
+        &sb,
+        "import json\ndef main():\n    return json.dumps([1])\n",
+        json!([]),
+    );
+    assert_eq!(result(&v), "[1]", "{v:?}");
+}
+
 #[test]
 fn warm_mode_can_be_turned_off() {
     let sb = sandbox(|c| c.warm = false);

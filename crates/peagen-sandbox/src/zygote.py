@@ -65,6 +65,16 @@ def ipc_objects():
     return n
 
 
+def pidfd_open(pid):
+    # os.pidfd_open is CPython >= 3.9 only (PyPy has none): the syscall.
+    if hasattr(os, "pidfd_open"):
+        return os.pidfd_open(pid)
+    fd = LIBC.syscall(434, ctypes.c_int(pid), ctypes.c_uint(0))
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), "pidfd_open")
+    return fd
+
+
 def read_all(fd):
     os.lseek(fd, 0, os.SEEK_SET)
     chunks = []
@@ -187,7 +197,8 @@ def main():
     null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
     # Objects that exist now are never scanned by a child's collector, so
     # its GC does not copy the zygote's pages (copy-on-write).
-    gc.freeze()
+    if hasattr(gc, "freeze"):  # CPython >= 3.7; PyPy has none
+        gc.freeze()
     ctl.send(b"ready")
     # Requests on ctl ("p SEQ" + a task socket: fork a prepared child) and
     # the children's pidfds (one ended: report it, empty /work). Every
@@ -220,7 +231,7 @@ def main():
                     os.close(other)
                 prepared(ctl, fds[0], null)
             os.close(fds[0])
-            pfd = os.pidfd_open(pid)
+            pfd = pidfd_open(pid)
             live[pfd] = (pid, seq)
             poller.register(pfd, select.POLLIN)
             ctl.send(b"f %d" % seq)
