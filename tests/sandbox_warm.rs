@@ -155,6 +155,11 @@ fn state_changes_do_not_reach_the_next_task() {
             "import sys\ndef main():\n    sys.exit(3)\n",
         ),
         (
+            // /work is emptied only once every process of the task is gone.
+            "leaving a process that writes into /work after the task",
+            "import os, time\ndef main():\n    if os.fork() == 0:\n        os.setsid()\n        while os.path.exists('/work/child.py'):\n            pass\n        for _ in range(100000):\n            try:\n                with open('/work/requests.py', 'w') as f:\n                    f.write('x = 1')\n            except OSError:\n                pass\n        time.sleep(60)\n        os._exit(0)\n    return 1\n",
+        ),
+        (
             // The zygote and the next task's child (forked while this task
             // runs) are in its pid namespace.
             "signalling every process it can see",

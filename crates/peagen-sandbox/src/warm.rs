@@ -20,14 +20,16 @@
 //!    (plus the rlimit fallbacks for limits no cgroup took) with three
 //!    descriptors: stdout, stderr and a sealed memfd with the request
 //!    (`{src, entry, args, kwargs, env}` as JSON). Only then does the child
-//!    apply them and run the task in the (empty) `/work`. Right after, the
-//!    supervisor asks for the next task's child (step 1), which the zygote
-//!    forks while this task runs;
+//!    apply them, check that `/work` and the ipc namespace are empty, send
+//!    `g` (without it, a failure is ours, not the task's) and run the task
+//!    in `/work`. Right after the go, the supervisor asks for the next
+//!    task's child (step 1), which the zygote forks while this task runs;
 //! 4. the supervisor enforces wall clock, CPU, memory and output exactly as
 //!    for a cold task, on the child's pidfd and the task cgroups; when the
 //!    child has ended it kills whatever is left in the task cgroups;
 //! 5. the zygote reaps the child and reports its wait status and rusage
-//!    (`s SEQ ...`: the verdict is made from it), then empties `/work` and
+//!    (`s SEQ ...`: the verdict is made from it). Once the task cgroups are
+//!    empty, the supervisor sends `w SEQ`: the zygote empties `/work` and
 //!    reports what is left there and the SysV IPC objects in its ipc
 //!    namespace (`c SEQ ...`);
 //! 6. after the verdict the supervisor checks the zygote
@@ -396,9 +398,17 @@ impl Zygote {
     fn discard(&mut self, sb: &Sandbox, p: Prepared) -> bool {
         sys::pidfd_kill(p.pidfd.as_fd());
         let mut cg = p.cg;
-        cg.kill_all();
+        let gone = cg.kill_all();
         cg.remove(&sb.cgroups);
-        self.expect(b'c', p.seq).is_some()
+        gone && self.expect(b's', p.seq).is_some() && self.cleaned(p.seq).is_some()
+    }
+
+    /// Ask the zygote to empty `/work` after child `seq` (whose processes
+    /// are all gone) and wait for its report: `[seq, left, ipc objects]`.
+    fn cleaned(&mut self, seq: u64) -> Option<Vec<i64>> {
+        let msg = format!("w {seq}");
+        sys::send_fds(self.ctl.as_fd(), msg.as_bytes(), &[]).ok()?;
+        self.expect(b'c', seq).filter(|c| c.len() == 3)
     }
 
     /// The next control message of `kind` for child `seq` (its fields after
@@ -564,6 +574,9 @@ impl Zygote {
             rl.push((libc::RLIMIT_NPROC, eff.pids, eff.pids));
         }
         let go = json!(rl).to_string();
+        // The task's own clock (wall limit) starts here; `start` (the
+        // verdict's wall time) also holds getting its child ready.
+        let go_at = Instant::now();
         let sent = sys::send_fds(
             child.sock.as_fd(),
             go.as_bytes(),
@@ -573,6 +586,7 @@ impl Zygote {
         let Prepared {
             seq,
             pidfd: task,
+            sock,
             mut cg,
             ..
         } = child;
@@ -600,11 +614,19 @@ impl Zygote {
             &mut err,
             &mut cg,
             &eff,
-            start,
+            go_at,
         );
-        // Everything the task started goes with it.
-        cg.kill_all();
+        // Everything the task started goes with it; /work is emptied only
+        // once that is proved (a straggler could write into it otherwise).
+        let all_gone = cg.kill_all();
         let ended = self.expect(b's', seq).filter(|f| f.len() == 5);
+        // The child says "g" just before the task's code: without it, the
+        // set-up failed (or found an earlier task's leftovers).
+        let mut g = [0u8; 1];
+        let started = wait_readable(sock.as_fd(), Duration::ZERO)
+            && matches!(sys::recv_with_pid(sock.as_fd(), &mut g), Ok((1, _)))
+            && g[0] == b'g';
+        drop(sock);
         let wall_ms = start.elapsed().as_secs_f64() * 1000.0;
         while out.open && out.read() {}
         while err.open && err.read() {}
@@ -613,6 +635,14 @@ impl Zygote {
             cg.remove(&sb.cgroups);
             return internal("the zygote did not report the task's end".into(), limits);
         };
+        if !started && killed.is_none() {
+            cg.remove(&sb.cgroups);
+            let why = String::from_utf8_lossy(&err.buf).trim().to_string();
+            return internal(
+                format!("the task child failed before the task: {why}"),
+                limits,
+            );
+        }
         let status = f[1] as i32;
         let cpu_ms = cg
             .cpu_ns()
@@ -643,10 +673,15 @@ impl Zygote {
         // After the verdict: the zygote's clean-up, the next child, the
         // health check.
         let health = (|| {
+            if !all_gone {
+                return Err("processes of the task survived SIGKILL".to_string());
+            }
+            if !started {
+                return Err("the task was killed before it started".to_string());
+            }
             let c = self
-                .expect(b'c', seq)
-                .filter(|c| c.len() == 3)
-                .ok_or("the zygote did not report the task's end")?;
+                .cleaned(seq)
+                .ok_or("the zygote did not report emptying /work")?;
             if let Some(p) = self.pending.take() {
                 self.next = Some(self.confirm(sb, p)?);
             }
@@ -712,7 +747,8 @@ impl Sandbox {
                 let why = other.err().unwrap_or_else(|| "served its tasks".into());
                 self.warm.retired(&why);
                 drop(z);
-                if anomaly || budget < 2 {
+                // (A spent zygote's successor was started a task ago.)
+                if budget < 2 || (anomaly && !spent) {
                     // The replacement, off the task path.
                     self.start_in_background(usize::MAX);
                 }

@@ -37,18 +37,21 @@ def nested_domain():
 
 
 def clean_work():
-    # The next task gets an empty /work (fresh work dir).
+    # The next task gets an empty /work (fresh work dir). Whatever cannot
+    # be removed is counted by the caller and retires the zygote.
     for e in os.scandir("/work"):
         try:
             if e.is_dir(follow_symlinks=False):
                 for root, dirs, _ in os.walk(e.path):
                     for d in dirs:
-                        os.chmod(os.path.join(root, d), 0o700, follow_symlinks=False)
+                        p = os.path.join(root, d)
+                        if not os.path.islink(p):
+                            os.chmod(p, 0o700)
                 os.chmod(e.path, 0o700)
                 shutil.rmtree(e.path)
             else:
                 os.unlink(e.path)
-        except OSError:
+        except Exception:
             pass
 
 
@@ -108,9 +111,18 @@ def prepared(ctl, tsock, null):
         os.dup2(out_w, 1)
         os.dup2(err_w, 2)
         req = json.loads(read_all(pay))
+        # Last line of defence: nothing of an earlier task is left (the
+        # supervisor has proved its processes gone before this task's go).
+        if os.listdir("/work") or ipc_objects():
+            raise RuntimeError("/work or the ipc namespace is not empty")
+        t.send(b"g")  # the task starts: failures from here on are its own
         t.close()
         os.closerange(3, 65536)
-    except BaseException:
+    except BaseException as e:
+        try:
+            os.write(2, b"peagen warm mode: task set-up failed: %r\n" % (e,))
+        except BaseException:
+            pass
         os._exit(120)
     try:
         os.environ.clear()
@@ -200,8 +212,9 @@ def main():
     if hasattr(gc, "freeze"):  # CPython >= 3.7; PyPy has none
         gc.freeze()
     ctl.send(b"ready")
-    # Requests on ctl ("p SEQ" + a task socket: fork a prepared child) and
-    # the children's pidfds (one ended: report it, empty /work). Every
+    # Requests on ctl ("p SEQ" + a task socket: fork a prepared child; "w
+    # SEQ": that child's task is over and everything it started is dead,
+    # empty /work) and the children's pidfds (one ended: report it). Every
     # message back is tagged with the request's SEQ.
     poller = select.poll()
     poller.register(ctl, select.POLLIN)
@@ -215,13 +228,15 @@ def main():
                 _, st, ru = os.wait4(pid, 0)
                 ctl.send(b"s %d %d %d %d %d" % (
                     seq, st, int(ru.ru_utime * 1e6), int(ru.ru_stime * 1e6), ru.ru_maxrss))
-                clean_work()
-                ctl.send(b"c %d %d %d" % (seq, len(os.listdir("/work")), ipc_objects()))
                 continue
             try:
                 msg, fds, _, _ = socket.recv_fds(ctl, 64, 1)
             except OSError:
                 os._exit(0)
+            if msg.startswith(b"w ") and not fds:
+                clean_work()
+                ctl.send(b"c %d %d %d" % (int(msg[2:]), len(os.listdir("/work")), ipc_objects()))
+                continue
             if not msg.startswith(b"p ") or len(fds) != 1:
                 os._exit(0)
             seq = int(msg[2:])
