@@ -100,6 +100,20 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Zygote>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keep `z` for a later task at `at` (clamped to the end, which is used
+    /// first; 0 = used last), unless the pool is full (then it is dropped).
+    fn put(&self, z: Zygote, at: usize) {
+        let mut idle = self.idle();
+        if idle.len() < IDLE_MAX {
+            let at = at.min(idle.len());
+            idle.insert(at, z);
+        }
+    }
+
     fn retired(&self, why: &str) {
         let mut r = self.retired.lock().unwrap_or_else(|e| e.into_inner());
         if r.len() >= 64 {
@@ -713,12 +727,7 @@ impl Sandbox {
         if !self.cfg.warm {
             return Err(WarmError::Disabled);
         }
-        let idle = self
-            .warm
-            .idle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop();
+        let idle = self.warm.idle().pop();
         let mut z = match idle {
             Some(z) => z,
             None => self.start_zygote().map_err(|reason| WarmError::Start {
@@ -733,15 +742,10 @@ impl Sandbox {
             // One task left: start the successor now, so the task after
             // the last one does not wait for an interpreter's start. It
             // goes under the idle ones, which are used first.
-            self.start_in_background(0);
+            self.start_in_background(0, false);
         }
         match health {
-            Ok(()) if !spent => {
-                let mut idle = self.warm.idle.lock().unwrap_or_else(|e| e.into_inner());
-                if idle.len() < IDLE_MAX {
-                    idle.push(z);
-                }
-            }
+            Ok(()) if !spent => self.warm.put(z, usize::MAX),
             other => {
                 let anomaly = other.is_err();
                 let why = other.err().unwrap_or_else(|| "served its tasks".into());
@@ -750,7 +754,7 @@ impl Sandbox {
                 // (A spent zygote's successor was started a task ago.)
                 if budget < 2 || (anomaly && !spent) {
                     // The replacement, off the task path.
-                    self.start_in_background(usize::MAX);
+                    self.start_in_background(usize::MAX, false);
                 }
             }
         }
@@ -758,16 +762,16 @@ impl Sandbox {
     }
 
     /// Start a zygote on the launcher thread and put it into the idle pool
-    /// at `at` (clamped to the pool's end; 0 = used last).
-    fn start_in_background(self: &Arc<Self>, at: usize) {
+    /// at `at` ([`Pool::put`]); with `unless_idle`, only when none is idle
+    /// by the time the launcher gets to it.
+    fn start_in_background(self: &Arc<Self>, at: usize, unless_idle: bool) {
         let me = Arc::clone(self);
         on_launcher(Box::new(move || {
+            if unless_idle && !me.warm.idle().is_empty() {
+                return;
+            }
             if let Ok(z) = Zygote::start(&me) {
-                let mut idle = me.warm.idle.lock().unwrap_or_else(|e| e.into_inner());
-                if idle.len() < IDLE_MAX {
-                    let at = at.min(idle.len());
-                    idle.insert(at, z);
-                }
+                me.warm.put(z, at);
             }
         }));
     }
@@ -787,11 +791,7 @@ impl Sandbox {
 
     /// Zygotes waiting idle (for tests and operators).
     pub fn warm_idle(&self) -> usize {
-        self.warm
-            .idle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
+        self.warm.idle().len()
     }
 
     /// Why zygotes were replaced, most recent last (for tests and operators).
@@ -810,19 +810,7 @@ impl Sandbox {
         if !self.cfg.warm {
             return;
         }
-        let me = Arc::clone(self);
-        on_launcher(Box::new(move || {
-            let mut idle = me.warm.idle.lock().unwrap_or_else(|e| e.into_inner());
-            if idle.is_empty() {
-                drop(idle);
-                if let Ok(z) = Zygote::start(&me) {
-                    idle = me.warm.idle.lock().unwrap_or_else(|e| e.into_inner());
-                    if idle.len() < IDLE_MAX {
-                        idle.push(z);
-                    }
-                }
-            }
-        }));
+        self.start_in_background(usize::MAX, true);
     }
 
     fn start_zygote(self: &Arc<Self>) -> Result<Zygote, String> {
@@ -831,7 +819,7 @@ impl Sandbox {
         if !on_launcher(Box::new(move || {
             // The launcher runs jobs in order: a zygote that a prestart or a
             // replacement made while this task waited is taken, not doubled.
-            let idle = me.warm.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let idle = me.warm.idle().pop();
             let _ = tx.send(match idle {
                 Some(z) => Ok(z),
                 None => Zygote::start(&me),
