@@ -154,22 +154,10 @@ pub(crate) fn run(sb: &Sandbox, req: &Request) -> Verdict {
         Ok(p) => p,
         Err(e) => return internal(LaunchError::Pipes(e), limits),
     };
-    plan.stdin_fd = pipes.stdin.as_raw_fd();
-    plan.out_w = pipes.out_w.as_raw_fd();
-    plan.err_w = pipes.err_w.as_raw_fd();
-    plan.status_w = pipes.status_w.as_raw_fd();
-    plan.sync_r = pipes.sync_r.as_raw_fd();
-
-    let mut cg = TaskCgroups::create(&sb.cgroups, eff.memory_bytes, eff.pids);
-    plan.cg_join = cg.join_fds();
-    let stack = match sb.fixed.stacks.take() {
-        Ok(s) => s,
-        Err(e) => {
-            cg.remove(&sb.cgroups);
-            return internal(LaunchError::Stacks(e), limits);
-        }
+    let (mut cg, stack) = match wire(sb, &mut plan, &pipes, pipes.stdin.as_raw_fd(), &eff) {
+        Ok(w) => w,
+        Err(e) => return internal(e, limits),
     };
-    plan.user_stack_top = stack.user_top();
     plan.shared_vm = sb.fixed.share_vm && cg.shared_vm_safe();
 
     let start = Instant::now();
@@ -275,21 +263,8 @@ pub(crate) fn launch_long(sb: &Sandbox, req: &Request, stdin: OwnedFd) -> Result
     let eff = Effective::new(&sb.cfg, &req.limits);
     let mut plan = Plan::build(&sb.fixed, req, &eff).map_err(|e| format!("bad request: {e}"))?;
     let pipes = Pipes::new(&[]).map_err(|e| LaunchError::Pipes(e).to_string())?;
-    plan.stdin_fd = stdin.as_raw_fd();
-    plan.out_w = pipes.out_w.as_raw_fd();
-    plan.err_w = pipes.err_w.as_raw_fd();
-    plan.status_w = pipes.status_w.as_raw_fd();
-    plan.sync_r = pipes.sync_r.as_raw_fd();
-    let mut cg = TaskCgroups::create(&sb.cgroups, eff.memory_bytes, eff.pids);
-    plan.cg_join = cg.join_fds();
-    let stack = match sb.fixed.stacks.take() {
-        Ok(s) => s,
-        Err(e) => {
-            cg.remove(&sb.cgroups);
-            return Err(LaunchError::Stacks(e).to_string());
-        }
-    };
-    plan.user_stack_top = stack.user_top();
+    let (mut cg, stack) =
+        wire(sb, &mut plan, &pipes, stdin.as_raw_fd(), &eff).map_err(|e| e.to_string())?;
     plan.shared_vm = false;
     let launched = launch(sb, &plan, &stack);
     // No CLONE_VM: the child has its own copy of plan and stack by now.
@@ -327,6 +302,35 @@ pub(crate) fn launch_long(sb: &Sandbox, req: &Request, stdin: OwnedFd) -> Result
 }
 
 /// Clone the reaper onto `stack`, running [`child::reaper_main`] on `plan`.
+/// Put the pipes' child ends (and `stdin`) into `plan`, create the task
+/// cgroups and take a clone stack: what a cold task and a zygote share
+/// before [`launch`].
+fn wire(
+    sb: &Sandbox,
+    plan: &mut Plan,
+    pipes: &Pipes,
+    stdin: std::os::fd::RawFd,
+    eff: &Effective,
+) -> Result<(TaskCgroups, Stack), LaunchError> {
+    plan.stdin_fd = stdin;
+    plan.out_w = pipes.out_w.as_raw_fd();
+    plan.err_w = pipes.err_w.as_raw_fd();
+    plan.status_w = pipes.status_w.as_raw_fd();
+    plan.sync_r = pipes.sync_r.as_raw_fd();
+    let mut cg = TaskCgroups::create(&sb.cgroups, eff.memory_bytes, eff.pids);
+    plan.cg_join = cg.join_fds();
+    match sb.fixed.stacks.take() {
+        Ok(stack) => {
+            plan.user_stack_top = stack.user_top();
+            Ok((cg, stack))
+        }
+        Err(e) => {
+            cg.remove(&sb.cgroups);
+            Err(LaunchError::Stacks(e))
+        }
+    }
+}
+
 fn launch(sb: &Sandbox, plan: &Plan, stack: &Stack) -> Result<Child, LaunchError> {
     let mut flags = (libc::CLONE_NEWUSER
         | libc::CLONE_NEWPID
