@@ -9,6 +9,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Instant;
 
+#[path = "../tests/support/bwrap.rs"]
+mod bwrap;
+
 fn stats(mut v: Vec<f64>) -> (f64, f64) {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
@@ -72,41 +75,13 @@ fn main() {
             assert_eq!(v.status, Status::Ok, "{v:?}");
         }),
     ));
-    let bwrap = [
-        "--unshare-all",
-        "--die-with-parent",
-        "--ro-bind",
-        "/usr",
-        "/usr",
-        "--symlink",
-        "usr/lib",
-        "/lib",
-        "--symlink",
-        "usr/lib64",
-        "/lib64",
-        "--symlink",
-        "usr/bin",
-        "/bin",
-        "--symlink",
-        "usr/sbin",
-        "/sbin",
-        "--ro-bind",
-        "/etc/ssl",
-        "/etc/ssl",
-        "--proc",
-        "/proc",
-        "--dev",
-        "/dev",
-        "--tmpfs",
-        "/tmp",
-        "/bin/true",
-    ];
-    if std::path::Path::new("/usr/bin/bwrap").exists() {
+    if bwrap::available() {
         rows.push((
             "bwrap --unshare-all",
             time(n, || {
-                let s = Command::new("/usr/bin/bwrap")
-                    .args(bwrap)
+                let s = Command::new(bwrap::PATH)
+                    .args(bwrap::ARGS)
+                    .arg("/bin/true")
                     .stdin(Stdio::null())
                     .status()
                     .unwrap();

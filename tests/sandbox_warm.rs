@@ -406,34 +406,11 @@ fn bench_warm_execute_vs_cold() {
         "python3 -c, plain fork+exec (no sandbox)".into(),
         timed(&mut || process(py())),
     ));
-    if Path::new("/usr/bin/bwrap").exists() {
+    if support::bwrap::available() {
         let bw = || {
-            let mut c = Command::new("/usr/bin/bwrap");
-            c.args([
-                "--unshare-all",
-                "--die-with-parent",
-                "--ro-bind",
-                "/usr",
-                "/usr",
-                "--symlink",
-                "usr/lib",
-                "/lib",
-                "--symlink",
-                "usr/lib64",
-                "/lib64",
-                "--symlink",
-                "usr/bin",
-                "/bin",
-                "--proc",
-                "/proc",
-                "--dev",
-                "/dev",
-                "--tmpfs",
-                "/tmp",
-                "/usr/bin/python3",
-                "-c",
-                &standalone,
-            ]);
+            let mut c = Command::new(support::bwrap::PATH);
+            c.args(support::bwrap::ARGS)
+                .args(["/usr/bin/python3", "-c", &standalone]);
             c
         };
         rows.push((

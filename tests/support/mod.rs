@@ -3,6 +3,7 @@
 //! systemd in a box ([`systemd_box`]), and [`eventually`].
 #![allow(dead_code)]
 
+pub mod bwrap;
 pub mod llm_standin;
 pub mod prometheus;
 pub mod systemd_box;
